@@ -1,0 +1,322 @@
+//! Our own transformer encoder on candle: BERT (incl. MiniLM), DistilBERT and RoBERTa.
+//!
+//! candle-transformers' BERT drops the attention probabilities, cannot take a head mask or
+//! input embeddings, and its fused LayerNorm/softmax cut gradients silently. This encoder
+//! returns attentions on request, multiplies per-row head masks into the attention
+//! probabilities (Hugging Face `head_mask` semantics), accepts word embeddings instead of ids
+//! (for gradient methods), and has a differentiable variant chosen by a flag.
+//!
+//! Speed choices: the Q, K and V projections are fused into one matrix multiply, every weight
+//! is stored pre-transposed and contiguous (`x @ W` with no strided reads), padded keys are
+//! masked with a finite `-1e4` (huge negatives send some `exp` implementations down slow
+//! paths), and attention probabilities are copied out of the tensor only when asked for.
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::config::{Architecture, EncoderConfig};
+
+/// Additive bias for padded keys: finite, so `exp` stays on its fast path.
+const MASK_BIAS: f64 = -1e4;
+
+/// A dense layer with its weight stored as `[in, out]`, contiguous.
+#[derive(Clone, Debug)]
+pub struct Dense {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Self> {
+        let w = vb.get((out_dim, in_dim), "weight")?;
+        let b = vb.get(out_dim, "bias")?;
+        Ok(Self { weight_t: w.t()?.contiguous()?, bias: b })
+    }
+
+    /// Stacks several layers that read the same input into one (fused QKV).
+    fn concat(parts: &[Dense]) -> candle_core::Result<Self> {
+        let ws: Vec<&Tensor> = parts.iter().map(|d| &d.weight_t).collect();
+        let bs: Vec<&Tensor> = parts.iter().map(|d| &d.bias).collect();
+        Ok(Self { weight_t: Tensor::cat(&ws, 1)?.contiguous()?, bias: Tensor::cat(&bs, 0)? })
+    }
+
+    /// `x @ W + b` over the last dimension of a tensor of any rank.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let k = *dims.last().expect("rank >= 1");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = if x.is_contiguous() { x.reshape((rows, k))? } else { x.contiguous()?.reshape((rows, k))? };
+        let y = x2.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.weight_t.dim(1)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// LayerNorm weights.
+#[derive(Clone, Debug)]
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    fn load(vb: &VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
+        // Old checkpoints call the parameters gamma/beta.
+        let weight = vb.get(size, "weight").or_else(|_| vb.get(size, "gamma"))?;
+        let bias = vb.get(size, "bias").or_else(|_| vb.get(size, "beta"))?;
+        Ok(Self { weight, bias, eps })
+    }
+
+    fn forward(&self, x: &Tensor, differentiable: bool) -> candle_core::Result<Tensor> {
+        if differentiable {
+            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
+        } else {
+            candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Activation {
+    GeluErf,
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    fn from_name(name: &str) -> Self {
+        match name {
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            _ => Activation::GeluErf,
+        }
+    }
+    fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Layer {
+    qkv: Dense,
+    attn_out: Dense,
+    attn_norm: Norm,
+    ffn_in: Dense,
+    ffn_out: Dense,
+    out_norm: Norm,
+}
+
+impl Layer {
+    fn load(vb: &VarBuilder, cfg: &EncoderConfig) -> candle_core::Result<Self> {
+        let h = cfg.hidden_size;
+        let i = cfg.intermediate_size;
+        let eps = cfg.layer_norm_eps;
+        if cfg.architecture == Architecture::DistilBert {
+            let a = vb.pp("attention");
+            let q = Dense::load(&a.pp("q_lin"), h, h)?;
+            let k = Dense::load(&a.pp("k_lin"), h, h)?;
+            let v = Dense::load(&a.pp("v_lin"), h, h)?;
+            Ok(Self {
+                qkv: Dense::concat(&[q, k, v])?,
+                attn_out: Dense::load(&a.pp("out_lin"), h, h)?,
+                attn_norm: Norm::load(&vb.pp("sa_layer_norm"), h, eps)?,
+                ffn_in: Dense::load(&vb.pp("ffn").pp("lin1"), h, i)?,
+                ffn_out: Dense::load(&vb.pp("ffn").pp("lin2"), i, h)?,
+                out_norm: Norm::load(&vb.pp("output_layer_norm"), h, eps)?,
+            })
+        } else {
+            let s = vb.pp("attention").pp("self");
+            let q = Dense::load(&s.pp("query"), h, h)?;
+            let k = Dense::load(&s.pp("key"), h, h)?;
+            let v = Dense::load(&s.pp("value"), h, h)?;
+            let o = vb.pp("attention").pp("output");
+            Ok(Self {
+                qkv: Dense::concat(&[q, k, v])?,
+                attn_out: Dense::load(&o.pp("dense"), h, h)?,
+                attn_norm: Norm::load(&o.pp("LayerNorm"), h, eps)?,
+                ffn_in: Dense::load(&vb.pp("intermediate").pp("dense"), h, i)?,
+                ffn_out: Dense::load(&vb.pp("output").pp("dense"), i, h)?,
+                out_norm: Norm::load(&vb.pp("output").pp("LayerNorm"), h, eps)?,
+            })
+        }
+    }
+}
+
+/// What one forward pass should return besides the last hidden state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardOptions {
+    /// Keep every layer's attention probabilities `[B, heads, L, L]`.
+    pub attentions: bool,
+}
+
+/// The input of one forward pass: a right-padded batch.
+pub struct EncoderInput<'a> {
+    /// `[B, L]` u32 token ids; ignored when `embeddings` is given (except for positions).
+    pub ids: &'a Tensor,
+    /// `[B, L]` u32 token type ids.
+    pub type_ids: &'a Tensor,
+    /// `[B, L]` f32, 1 for real tokens and 0 for padding.
+    pub mask: &'a Tensor,
+    /// `[B, layers, heads]` f32, 1 keeps a head and 0 switches it off; `None`: all heads on.
+    pub head_mask: Option<&'a Tensor>,
+    /// `[B, L, hidden]` word embeddings used instead of looking `ids` up (gradient methods).
+    pub embeddings: Option<&'a Tensor>,
+}
+
+/// The output of one forward pass.
+pub struct EncoderOutput {
+    /// `[B, L, hidden]`.
+    pub last_hidden_state: Tensor,
+    /// One `[B, heads, L, L]` tensor per layer when asked for.
+    pub attentions: Option<Vec<Tensor>>,
+}
+
+/// The transformer encoder (embeddings + layers), without a head.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    pub config: EncoderConfig,
+    word_embeddings: Tensor,
+    position_embeddings: Tensor,
+    token_type_embeddings: Option<Tensor>,
+    embed_norm: Norm,
+    layers: Vec<Layer>,
+    activation: Activation,
+    /// Composite LayerNorm and softmax everywhere, so gradients flow to the input.
+    differentiable: bool,
+    device: Device,
+}
+
+impl Encoder {
+    /// Loads the encoder from `vb`, which must point at the encoder's root (e.g. `bert.`).
+    pub fn load(vb: VarBuilder, config: &EncoderConfig, differentiable: bool) -> candle_core::Result<Self> {
+        let h = config.hidden_size;
+        let emb = vb.pp("embeddings");
+        let word_embeddings = emb.get((config.vocab_size, h), "word_embeddings.weight")?;
+        let position_embeddings = emb.get((config.max_position_embeddings, h), "position_embeddings.weight")?;
+        let token_type_embeddings = if config.type_vocab_size > 0 {
+            Some(emb.get((config.type_vocab_size, h), "token_type_embeddings.weight")?)
+        } else {
+            None
+        };
+        let embed_norm = Norm::load(&emb.pp("LayerNorm"), h, config.layer_norm_eps)?;
+        let layers_vb =
+            if config.architecture == Architecture::DistilBert { vb.pp("transformer").pp("layer") } else { vb.pp("encoder").pp("layer") };
+        let layers = (0..config.num_layers)
+            .map(|i| Layer::load(&layers_vb.pp(i.to_string()), config))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            config: config.clone(),
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            embed_norm,
+            layers,
+            activation: Activation::from_name(&config.hidden_act),
+            differentiable,
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn differentiable(&self) -> bool {
+        self.differentiable
+    }
+
+    /// The word-embedding lookup: `[B, L]` ids -> `[B, L, hidden]`.
+    pub fn word_embeddings(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        self.word_embeddings.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, self.config.hidden_size))
+    }
+
+    /// Position ids per row: `0..L` for BERT/DistilBERT; for RoBERTa `pad + 1 + i` on real
+    /// tokens and `pad` on padding (Hugging Face's `create_position_ids_from_input_ids` for a
+    /// right-padded batch).
+    fn position_ids(&self, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l) = mask.dims2()?;
+        let ar = Tensor::arange(0u32, l as u32, &self.device)?;
+        match self.config.architecture {
+            Architecture::Roberta => {
+                let pad = self.config.pad_token_id as f64;
+                let cum = mask.cumsum(1)?; // 1..n on real tokens
+                let pos = ((cum * mask)? + pad)?;
+                pos.to_dtype(DType::U32)
+            }
+            _ => ar.unsqueeze(0)?.broadcast_as((b, l))?.contiguous(),
+        }
+    }
+
+    /// Runs the encoder on a padded batch.
+    pub fn forward(&self, input: &EncoderInput, opts: ForwardOptions) -> candle_core::Result<EncoderOutput> {
+        let (b, l) = input.mask.dims2()?;
+        let h = self.config.hidden_size;
+        let nh = self.config.num_heads;
+        let hd = h / nh;
+
+        let words = match input.embeddings {
+            Some(e) => e.clone(),
+            None => self.word_embeddings(input.ids)?,
+        };
+        let pos = self.position_ids(input.mask)?;
+        let pos_emb = self.position_embeddings.index_select(&pos.flatten_all()?, 0)?.reshape((b, l, h))?;
+        let mut x = (words + pos_emb)?;
+        if let Some(tt) = &self.token_type_embeddings {
+            let t = tt.index_select(&input.type_ids.flatten_all()?, 0)?.reshape((b, l, h))?;
+            x = (x + t)?;
+        }
+        let mut x = self.embed_norm.forward(&x, self.differentiable)?;
+
+        // [B, 1, 1, L]: 0 on real keys, -1e4 on padding.
+        let key_bias = ((input.mask.ones_like()? - input.mask)? * MASK_BIAS)?.reshape((b, 1, 1, l))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut attentions = opts.attentions.then(Vec::new);
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            let qkv = layer.qkv.forward(&x)?; // [B, L, 3H]
+            let qkv = qkv.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, B, nh, L, hd]
+            let q = (qkv.i(0)?.contiguous()? * scale)?;
+            let k = qkv.i(1)?.contiguous()?;
+            let v = qkv.i(2)?.contiguous()?;
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&key_bias)?; // [B, nh, L, L]
+            let mut probs = if self.differentiable {
+                candle_nn::ops::softmax(&scores, D::Minus1)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&scores)?
+            };
+            if let Some(hm) = input.head_mask {
+                let m = hm.i((.., li, ..))?.reshape((b, nh, 1, 1))?;
+                probs = probs.broadcast_mul(&m)?;
+            }
+            let ctx = probs.matmul(&v)?; // [B, nh, L, hd]
+            let ctx = ctx.transpose(1, 2)?.reshape((b, l, h))?;
+            if let Some(a) = attentions.as_mut() {
+                a.push(probs);
+            }
+            let attn = layer.attn_out.forward(&ctx)?;
+            x = layer.attn_norm.forward(&(attn + &x)?, self.differentiable)?;
+            let inter = self.activation.forward(&layer.ffn_in.forward(&x)?)?;
+            let out = layer.ffn_out.forward(&inter)?;
+            x = layer.out_norm.forward(&(out + &x)?, self.differentiable)?;
+        }
+        Ok(EncoderOutput { last_hidden_state: x, attentions })
+    }
+}
+
+impl Module for Dense {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        Dense::forward(self, xs)
+    }
+}
+
+/// Loads a dense layer for the heads module (same storage convention as the encoder's).
+pub(crate) fn load_dense(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Dense> {
+    Dense::load(vb, in_dim, out_dim)
+}
