@@ -15,6 +15,7 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::{Architecture, EncoderConfig};
+use super::kernels;
 
 /// Additive bias for padded keys: finite, so `exp` stays on its fast path.
 const MASK_BIAS: f64 = -1e4;
@@ -42,11 +43,16 @@ impl Dense {
 
     /// `x @ W + b` over the last dimension of a tensor of any rank.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.matmul(x)?.broadcast_add(&self.bias)
+    }
+
+    /// `x @ W` without the bias (for kernels that fuse the bias with what follows).
+    pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let k = *dims.last().expect("rank >= 1");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = if x.is_contiguous() { x.reshape((rows, k))? } else { x.contiguous()?.reshape((rows, k))? };
-        let y = x2.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
+        let y = x2.matmul(&self.weight_t)?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = self.weight_t.dim(1)?;
         y.reshape(out_dims)
@@ -58,6 +64,8 @@ impl Dense {
 struct Norm {
     weight: Tensor,
     bias: Tensor,
+    /// `[2, H]`: weight and bias stacked for the fused kernel.
+    params: Tensor,
     eps: f64,
 }
 
@@ -66,7 +74,17 @@ impl Norm {
         // Old checkpoints call the parameters gamma/beta.
         let weight = vb.get(size, "weight").or_else(|_| vb.get(size, "gamma"))?;
         let bias = vb.get(size, "bias").or_else(|_| vb.get(size, "beta"))?;
-        Ok(Self { weight, bias, eps })
+        let params = Tensor::stack(&[&weight, &bias], 0)?;
+        Ok(Self { weight, bias, params, eps })
+    }
+
+    /// `LayerNorm(x + residual)`.
+    fn add_forward(&self, x: &Tensor, residual: &Tensor, differentiable: bool) -> candle_core::Result<Tensor> {
+        if differentiable {
+            self.forward(&(x + residual)?, true)
+        } else {
+            kernels::add_layer_norm(x, residual, &self.params, self.eps as f32)
+        }
     }
 
     fn forward(&self, x: &Tensor, differentiable: bool) -> candle_core::Result<Tensor> {
@@ -274,22 +292,24 @@ impl Encoder {
         }
         let mut x = self.embed_norm.forward(&x, self.differentiable)?;
 
-        // [B, 1, 1, L]: 0 on real keys, -1e4 on padding.
-        let key_bias = ((input.mask.ones_like()? - input.mask)? * MASK_BIAS)?.reshape((b, 1, 1, l))?;
+        // 0 on real keys, -1e4 on padding: [B, L].
+        let key_bias = ((input.mask.ones_like()? - input.mask)? * MASK_BIAS)?;
+        let key_bias4 = key_bias.reshape((b, 1, 1, l))?;
         let scale = 1.0 / (hd as f64).sqrt();
+        let fast = !self.differentiable;
         let mut attentions = opts.attentions.then(Vec::new);
 
         for (li, layer) in self.layers.iter().enumerate() {
             let qkv = layer.qkv.forward(&x)?; // [B, L, 3H]
             let qkv = qkv.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, B, nh, L, hd]
-            let q = (qkv.i(0)?.contiguous()? * scale)?;
+            let q = qkv.i(0)?.contiguous()?;
             let k = qkv.i(1)?.contiguous()?;
             let v = qkv.i(2)?.contiguous()?;
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&key_bias)?; // [B, nh, L, L]
-            let mut probs = if self.differentiable {
-                candle_nn::ops::softmax(&scores, D::Minus1)?
+            let mut probs = if fast {
+                kernels::masked_softmax(&q.matmul(&k.t()?)?, &key_bias, scale as f32)?
             } else {
-                candle_nn::ops::softmax_last_dim(&scores)?
+                let scores = (q * scale)?.matmul(&k.t()?)?.broadcast_add(&key_bias4)?; // [B, nh, L, L]
+                candle_nn::ops::softmax(&scores, D::Minus1)?
             };
             if let Some(hm) = input.head_mask {
                 let m = hm.i((.., li, ..))?.reshape((b, nh, 1, 1))?;
@@ -301,10 +321,13 @@ impl Encoder {
                 a.push(probs);
             }
             let attn = layer.attn_out.forward(&ctx)?;
-            x = layer.attn_norm.forward(&(attn + &x)?, self.differentiable)?;
-            let inter = self.activation.forward(&layer.ffn_in.forward(&x)?)?;
+            x = layer.attn_norm.add_forward(&attn, &x, self.differentiable)?;
+            let inter = match self.activation {
+                Activation::GeluErf if fast => kernels::bias_gelu(&layer.ffn_in.matmul(&x)?, &layer.ffn_in.bias)?,
+                act => act.forward(&layer.ffn_in.forward(&x)?)?,
+            };
             let out = layer.ffn_out.forward(&inter)?;
-            x = layer.out_norm.forward(&(out + &x)?, self.differentiable)?;
+            x = layer.out_norm.add_forward(&out, &x, self.differentiable)?;
         }
         Ok(EncoderOutput { last_hidden_state: x, attentions })
     }

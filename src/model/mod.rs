@@ -8,6 +8,7 @@
 pub mod bert;
 pub mod config;
 pub mod heads;
+pub mod kernels;
 pub mod loader;
 pub mod tokenizer;
 pub mod toy;

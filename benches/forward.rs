@@ -1,0 +1,97 @@
+//! Forward throughput of the encoder + head, the same work as the Python baseline's
+//! `bench_forward.py`: for each (batch B, length L), B rows of `[CLS] + (L-2) pseudo-random
+//! WordPiece ids + [SEP]`, no padding; tokenization not timed. Prints one JSON object per
+//! measurement (median seconds per batch, sequences/s, achieved GFLOP/s from the same matmul
+//! FLOP formula as the baseline, and efficiency against a measured f32 matmul peak).
+//!
+//! Usage: cargo bench --bench forward -- [--model DIR] [--batch-sizes 1 8 32] [--seq-lens 16 64 128]
+//!        [--min-time 3] [--min-iters 3] [--peak-gflops X]
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use glassbox::model::config::ZeroShotConfig;
+use glassbox::model::loader::{load_model, LoadOptions};
+use glassbox::model::Row;
+use rand::{Rng, SeedableRng};
+
+fn arg_list(args: &[String], name: &str, default: &[usize]) -> Vec<usize> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args[i + 1..].iter().take_while(|a| !a.starts_with("--")).map(|a| a.parse().unwrap()).collect(),
+        None => default.to_vec(),
+    }
+}
+fn arg_f64(args: &[String], name: &str) -> Option<f64> {
+    args.iter().position(|a| a == name).map(|i| args[i + 1].parse().unwrap())
+}
+
+/// Best f32 matmul GFLOP/s of a 2048 x 2048 product through candle (the same kernel the model uses).
+fn matmul_peak() -> f64 {
+    let n = 2048;
+    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu).unwrap();
+    let _ = a.matmul(&b).unwrap();
+    (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = a.matmul(&b).unwrap();
+            2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let model = args
+        .iter()
+        .position(|a| a == "--model")
+        .map(|i| args[i + 1].clone())
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/models/all-MiniLM-L6-v2").to_string());
+    let batches = arg_list(&args, "--batch-sizes", &[1, 8, 32]);
+    let lens = arg_list(&args, "--seq-lens", &[16, 64, 128]);
+    let min_time = arg_f64(&args, "--min-time").unwrap_or(3.0);
+    let min_iters = arg_f64(&args, "--min-iters").unwrap_or(3.0) as usize;
+
+    let m = load_model(&model, &ZeroShotConfig::default(), &LoadOptions::default()).expect("load model");
+    let info = m.info().clone();
+    let peak = arg_f64(&args, "--peak-gflops").unwrap_or_else(matmul_peak);
+    println!(
+        "{}",
+        serde_json::json!({"record": "environment", "implementation": "glassbox", "threads": candle_core::utils::get_num_threads(),
+            "avx": candle_core::utils::with_avx(), "peak_gflops": peak, "model": info.id})
+    );
+    let (h, layers) = (info.hidden_size as f64, info.num_layers as f64);
+    let inter = 4.0 * h;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    for &l in &lens {
+        for &b in &batches {
+            let rows: Vec<Row> = (0..b)
+                .map(|_| {
+                    let mut ids: Vec<u32> = (0..l).map(|_| rng.random_range(1000..30522)).collect();
+                    ids[0] = 101;
+                    ids[l - 1] = 102;
+                    Row::new(ids)
+                })
+                .collect();
+            m.classifier.forward(&rows).unwrap(); // warm-up
+            let mut times = Vec::new();
+            let start = Instant::now();
+            while times.len() < min_iters || start.elapsed().as_secs_f64() < min_time {
+                let t = Instant::now();
+                m.classifier.forward(&rows).unwrap();
+                times.push(t.elapsed().as_secs_f64());
+            }
+            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let med = times[times.len() / 2];
+            let lf = l as f64;
+            let flops = b as f64 * layers * (8.0 * lf * h * h + 4.0 * lf * h * inter + 4.0 * lf * lf * h);
+            println!(
+                "{}",
+                serde_json::json!({"record": "forward", "implementation": "glassbox", "batch": b, "seq_len": l,
+                    "iters": times.len(), "median_batch_s": med, "min_batch_s": times[0],
+                    "seqs_per_s": b as f64 / med, "achieved_gflops": flops / med / 1e9,
+                    "efficiency_vs_peak": flops / med / 1e9 / peak, "peak_gflops": peak})
+            );
+        }
+    }
+}
