@@ -17,12 +17,18 @@ use rand::{Rng, SeedableRng};
 
 fn arg_list(args: &[String], name: &str, default: &[usize]) -> Vec<usize> {
     match args.iter().position(|a| a == name) {
-        Some(i) => args[i + 1..].iter().take_while(|a| !a.starts_with("--")).map(|a| a.parse().unwrap()).collect(),
+        Some(i) => args[i + 1..]
+            .iter()
+            .take_while(|a| !a.starts_with("--"))
+            .map(|a| a.parse().unwrap())
+            .collect(),
         None => default.to_vec(),
     }
 }
 fn arg_f64(args: &[String], name: &str) -> Option<f64> {
-    args.iter().position(|a| a == name).map(|i| args[i + 1].parse().unwrap())
+    args.iter()
+        .position(|a| a == name)
+        .map(|i| args[i + 1].parse().unwrap())
 }
 
 /// Best f32 matmul GFLOP/s of a 2048 x 2048 product through candle (the same kernel the model uses).
@@ -46,13 +52,16 @@ fn main() {
         .iter()
         .position(|a| a == "--model")
         .map(|i| args[i + 1].clone())
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/models/all-MiniLM-L6-v2").to_string());
+        .unwrap_or_else(|| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/models/all-MiniLM-L6-v2").to_string()
+        });
     let batches = arg_list(&args, "--batch-sizes", &[1, 8, 32]);
     let lens = arg_list(&args, "--seq-lens", &[16, 64, 128]);
     let min_time = arg_f64(&args, "--min-time").unwrap_or(3.0);
     let min_iters = arg_f64(&args, "--min-iters").unwrap_or(3.0) as usize;
 
-    let m = load_model(&model, &ZeroShotConfig::default(), &LoadOptions::default()).expect("load model");
+    let m = load_model(&model, &ZeroShotConfig::default(), &LoadOptions::default())
+        .expect("load model");
     let info = m.info().clone();
     let peak = arg_f64(&args, "--peak-gflops").unwrap_or_else(matmul_peak);
     println!(
@@ -84,7 +93,8 @@ fn main() {
             times.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let med = times[times.len() / 2];
             let lf = l as f64;
-            let flops = b as f64 * layers * (8.0 * lf * h * h + 4.0 * lf * h * inter + 4.0 * lf * lf * h);
+            let flops =
+                b as f64 * layers * (8.0 * lf * h * h + 4.0 * lf * h * inter + 4.0 * lf * lf * h);
             println!(
                 "{}",
                 serde_json::json!({"record": "forward", "implementation": "glassbox", "batch": b, "seq_len": l,

@@ -19,7 +19,10 @@ fn fixture(p: &str) -> PathBuf {
     root().join("tests/fixtures").join(p)
 }
 fn read_json(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap()
 }
 fn floats(v: &Value) -> Vec<f32> {
     fn walk(v: &Value, out: &mut Vec<f32>) {
@@ -35,7 +38,11 @@ fn floats(v: &Value) -> Vec<f32> {
     out
 }
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 #[track_caller]
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
@@ -46,64 +53,148 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
         .map(|(a, b)| (a - b).abs())
         .enumerate()
         .fold((0, 0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
-    assert!(d <= tol, "{what}: max |diff| {d} at {i} (got {}, want {}) over tolerance {tol}", got[i], want[i]);
+    assert!(
+        d <= tol,
+        "{what}: max |diff| {d} at {i} (got {}, want {}) over tolerance {tol}",
+        got[i],
+        want[i]
+    );
 }
 
 fn minilm() -> &'static LoadedModel {
     static M: OnceLock<LoadedModel> = OnceLock::new();
     M.get_or_init(|| {
         let dir = root().join("models/all-MiniLM-L6-v2");
-        load_model(dir.to_str().unwrap(), &ZeroShotConfig::default(), &LoadOptions::default())
-            .expect("default model (run `make model`)")
+        load_model(
+            dir.to_str().unwrap(),
+            &ZeroShotConfig::default(),
+            &LoadOptions::default(),
+        )
+        .expect("default model (run `make model`)")
     })
 }
 
 fn load_tiny(name: &str, differentiable: bool) -> LoadedModel {
     let dir = fixture(&format!("tiny/{name}"));
-    load_model(dir.to_str().unwrap(), &ZeroShotConfig::default(), &LoadOptions { differentiable }).unwrap()
+    load_model(
+        dir.to_str().unwrap(),
+        &ZeroShotConfig::default(),
+        &LoadOptions { differentiable },
+    )
+    .unwrap()
 }
 
 /// Last hidden state and attentions of one row, straight from the encoder.
-fn encode_row(m: &LoadedModel, row: &Row, head_mask: Option<&[Vec<f32>]>) -> (Vec<f32>, Vec<Vec<f32>>) {
+fn encode_row(
+    m: &LoadedModel,
+    row: &Row,
+    head_mask: Option<&[Vec<f32>]>,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
     let ec = &m.encoder_classifier;
     let cfg = &ec.encoder().config;
-    let mut b = batch_tensors(std::slice::from_ref(row), cfg.num_layers, cfg.num_heads, 0, ec.encoder().device()).unwrap();
+    let mut b = batch_tensors(
+        std::slice::from_ref(row),
+        cfg.num_layers,
+        cfg.num_heads,
+        0,
+        ec.encoder().device(),
+    )
+    .unwrap();
     if let Some(hm) = head_mask {
         let flat: Vec<f32> = hm.iter().flatten().copied().collect();
-        b.head_mask = Some(Tensor::from_vec(flat, (1, cfg.num_layers, cfg.num_heads), ec.encoder().device()).unwrap());
+        b.head_mask = Some(
+            Tensor::from_vec(
+                flat,
+                (1, cfg.num_layers, cfg.num_heads),
+                ec.encoder().device(),
+            )
+            .unwrap(),
+        );
     }
-    let out = ec.encoder().forward(&b.input(), ForwardOptions { attentions: true }).unwrap();
-    let h = out.last_hidden_state.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let a = out.attentions.unwrap().iter().map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
+    let out = ec
+        .encoder()
+        .forward(&b.input(), ForwardOptions { attentions: true })
+        .unwrap();
+    let h = out
+        .last_hidden_state
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let a = out
+        .attentions
+        .unwrap()
+        .iter()
+        .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect();
     (h, a)
 }
 
 fn check_tiny(name: &str) {
     let m = load_tiny(name, false);
     let r = read_json(&fixture(&format!("tiny/{name}/reference.json")));
-    let labels: Vec<String> = (0..3).map(|i| r["labels"][i.to_string()].as_str().unwrap().to_string()).collect();
+    let labels: Vec<String> = (0..3)
+        .map(|i| r["labels"][i.to_string()].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(m.info().labels, labels);
     assert_eq!(m.info().head, "classifier");
     let mut rows = Vec::new();
     for case in r["cases"].as_array().unwrap() {
-        let enc = m.encoder.encode(case["text"].as_str().unwrap(), false).unwrap();
+        let enc = m
+            .encoder
+            .encode(case["text"].as_str().unwrap(), false)
+            .unwrap();
         assert_eq!(enc.ids, ids(&case["input_ids"]), "{name}: token ids");
-        let tokens: Vec<&str> = case["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        let tokens: Vec<&str> = case["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
         assert_eq!(enc.tokens, tokens, "{name}: tokens");
         let row = Row::new(enc.ids.clone());
-        let out = m.classifier.forward(std::slice::from_ref(&row)).unwrap().remove(0);
-        assert_close(&format!("{name} logits"), &out.logits, &floats(&case["logits"]), 1e-4);
-        assert_close(&format!("{name} probabilities"), &out.probabilities, &floats(&case["probabilities"]), 1e-4);
+        let out = m
+            .classifier
+            .forward(std::slice::from_ref(&row))
+            .unwrap()
+            .remove(0);
+        assert_close(
+            &format!("{name} logits"),
+            &out.logits,
+            &floats(&case["logits"]),
+            1e-4,
+        );
+        assert_close(
+            &format!("{name} probabilities"),
+            &out.probabilities,
+            &floats(&case["probabilities"]),
+            1e-4,
+        );
         let (h, a) = encode_row(&m, &row, None);
-        assert_close(&format!("{name} last_hidden_state"), &h, &floats(&case["last_hidden_state"]), 1e-4);
+        assert_close(
+            &format!("{name} last_hidden_state"),
+            &h,
+            &floats(&case["last_hidden_state"]),
+            1e-4,
+        );
         for (l, want) in case["attentions"].as_array().unwrap().iter().enumerate() {
-            assert_close(&format!("{name} attentions layer {l}"), &a[l], &floats(want), 1e-4);
+            assert_close(
+                &format!("{name} attentions layer {l}"),
+                &a[l],
+                &floats(want),
+                1e-4,
+            );
         }
         rows.push(row);
     }
     // Head mask: 1 keeps a head, 0 switches it off.
     let hm = &r["head_mask_case"];
-    let mask: Vec<Vec<f32>> = hm["head_mask"].as_array().unwrap().iter().map(floats).collect();
+    let mask: Vec<Vec<f32>> = hm["head_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(floats)
+        .collect();
     let mut pairs = Vec::new();
     for (l, layer) in mask.iter().enumerate() {
         for (h, keep) in layer.iter().enumerate() {
@@ -112,22 +203,49 @@ fn check_tiny(name: &str) {
             }
         }
     }
-    let enc = m.encoder.encode(hm["text"].as_str().unwrap(), false).unwrap();
+    let enc = m
+        .encoder
+        .encode(hm["text"].as_str().unwrap(), false)
+        .unwrap();
     let mut row = Row::new(enc.ids);
     row.head_mask = HeadMask::new(pairs);
     row.attentions = true;
-    let out = m.classifier.forward(std::slice::from_ref(&row)).unwrap().remove(0);
-    assert_close(&format!("{name} head-mask logits"), &out.logits, &floats(&hm["logits"]), 1e-4);
+    let out = m
+        .classifier
+        .forward(std::slice::from_ref(&row))
+        .unwrap()
+        .remove(0);
+    assert_close(
+        &format!("{name} head-mask logits"),
+        &out.logits,
+        &floats(&hm["logits"]),
+        1e-4,
+    );
     let att = out.attentions.unwrap();
-    assert_close(&format!("{name} head-mask layer 0"), &att.layers[0], &floats(&hm["attentions_layer0"]), 1e-4);
+    assert_close(
+        &format!("{name} head-mask layer 0"),
+        &att.layers[0],
+        &floats(&hm["attentions_layer0"]),
+        1e-4,
+    );
     let (_, a) = encode_row(&m, &Row::new(row.ids.clone()), Some(&mask));
-    assert_close(&format!("{name} head-mask layer 0 (encoder)"), &a[0], &floats(&hm["attentions_layer0"]), 1e-4);
+    assert_close(
+        &format!("{name} head-mask layer 0 (encoder)"),
+        &a[0],
+        &floats(&hm["attentions_layer0"]),
+        1e-4,
+    );
 
     // The four cases in one padded batch, next to the reference's batched logits.
     let batched = m.classifier.forward(&rows).unwrap();
     let want = r["batched_logits"].as_array().unwrap();
     for (i, o) in batched.iter().enumerate() {
-        assert_close(&format!("{name} batched logits {i}"), &o.logits, &floats(&want[i]), 1e-4);
+        assert_close(
+            &format!("{name} batched logits {i}"),
+            &o.logits,
+            &floats(&want[i]),
+            1e-4,
+        );
     }
 }
 
@@ -152,23 +270,53 @@ fn minilm_matches_golden_sentences() {
     assert_eq!(m.info().architecture, "bert");
     assert_eq!(m.info().head, "zero-shot:sentiment");
     assert_eq!(m.info().labels, ["negative", "positive"]);
-    assert_eq!(m.info().sha256, "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db");
+    assert_eq!(
+        m.info().sha256,
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+    );
     for i in 0..6 {
         let s = read_json(&fixture(&format!("minilm/sentence_{i}.json")));
-        let enc = m.encoder.encode(s["text"].as_str().unwrap(), false).unwrap();
+        let enc = m
+            .encoder
+            .encode(s["text"].as_str().unwrap(), false)
+            .unwrap();
         assert_eq!(enc.ids, ids(&s["input_ids"]), "sentence {i}: ids");
         let mut row = Row::new(enc.ids.clone());
         row.attentions = true;
-        let out = m.classifier.forward(std::slice::from_ref(&row)).unwrap().remove(0);
-        assert_close(&format!("sentence {i} probabilities"), &out.probabilities, &floats(&s["probabilities"]), 1e-4);
-        assert_close(&format!("sentence {i} logits"), &out.logits, &floats(&s["logits"]), 2e-3);
+        let out = m
+            .classifier
+            .forward(std::slice::from_ref(&row))
+            .unwrap()
+            .remove(0);
+        assert_close(
+            &format!("sentence {i} probabilities"),
+            &out.probabilities,
+            &floats(&s["probabilities"]),
+            1e-4,
+        );
+        assert_close(
+            &format!("sentence {i} logits"),
+            &out.logits,
+            &floats(&s["logits"]),
+            2e-3,
+        );
         let att = out.attentions.unwrap();
         for layer in ["0", "5"] {
             let l: usize = layer.parse().unwrap();
-            assert_close(&format!("sentence {i} attentions layer {l}"), &att.layers[l], &floats(&s["attentions"][layer]), 1e-4);
+            assert_close(
+                &format!("sentence {i} attentions layer {l}"),
+                &att.layers[l],
+                &floats(&s["attentions"][layer]),
+                1e-4,
+            );
         }
         let (h, _) = encode_row(m, &Row::new(enc.ids), None);
-        assert_close(&format!("sentence {i} last_hidden_state"), &h, &floats(&s["last_hidden_state"]), 1e-4);
+        assert_close(
+            &format!("sentence {i} last_hidden_state"),
+            &h,
+            &floats(&s["last_hidden_state"]),
+            1e-4,
+        );
     }
 }
 
@@ -177,7 +325,11 @@ fn minilm_zero_shot_prototypes_match_reference() {
     let m = minilm();
     let meta = read_json(&fixture("minilm/meta.json"));
     let protos = &meta["classifier"]["prototypes"];
-    let glassbox::model::heads::Head::ZeroShot { prototypes, temperature } = m.encoder_classifier.head() else {
+    let glassbox::model::heads::Head::ZeroShot {
+        prototypes,
+        temperature,
+    } = m.encoder_classifier.head()
+    else {
         panic!("default model must use the zero-shot head")
     };
     assert!((temperature - 0.02).abs() < 1e-9);
@@ -211,10 +363,22 @@ fn padded_batch_equals_single_rows() {
         .collect();
     let batched = m.classifier.forward(&rows).unwrap();
     for (r, b) in rows.iter().zip(&batched) {
-        let single = m.classifier.forward(std::slice::from_ref(r)).unwrap().remove(0);
-        assert_close("batched probabilities", &b.probabilities, &single.probabilities, 1e-5);
+        let single = m
+            .classifier
+            .forward(std::slice::from_ref(r))
+            .unwrap()
+            .remove(0);
+        assert_close(
+            "batched probabilities",
+            &b.probabilities,
+            &single.probabilities,
+            1e-5,
+        );
         assert_close("batched logits", &b.logits, &single.logits, 1e-4);
-        let (a, s) = (b.attentions.as_ref().unwrap(), single.attentions.as_ref().unwrap());
+        let (a, s) = (
+            b.attentions.as_ref().unwrap(),
+            single.attentions.as_ref().unwrap(),
+        );
         assert_eq!(a.len, r.len());
         for l in 0..a.layers.len() {
             assert_close("batched attentions", &a.layers[l], &s.layers[l], 1e-5);
@@ -225,17 +389,29 @@ fn padded_batch_equals_single_rows() {
 #[test]
 fn attention_rows_sum_to_one_and_masked_heads_are_zero() {
     let m = minilm();
-    let mut row = Row::new(m.encoder.encode("Attention rows must sum to one.", false).unwrap().ids);
+    let mut row = Row::new(
+        m.encoder
+            .encode("Attention rows must sum to one.", false)
+            .unwrap()
+            .ids,
+    );
     row.attentions = true;
     row.head_mask = HeadMask::new(vec![(2, 3)]);
-    let out = m.classifier.forward(std::slice::from_ref(&row)).unwrap().remove(0);
+    let out = m
+        .classifier
+        .forward(std::slice::from_ref(&row))
+        .unwrap()
+        .remove(0);
     let a = out.attentions.unwrap();
     for l in 0..6 {
         for h in 0..12 {
             for i in 0..a.len {
                 let s: f32 = (0..a.len).map(|j| a.get(l, h, i, j)).sum();
                 let want = if (l, h) == (2, 3) { 0.0 } else { 1.0 };
-                assert!((s - want).abs() < 1e-5, "layer {l} head {h} row {i} sums to {s}");
+                assert!(
+                    (s - want).abs() < 1e-5,
+                    "layer {l} head {h} row {i} sums to {s}"
+                );
             }
         }
     }
@@ -260,13 +436,22 @@ fn default_model_reaches_reference_accuracy() {
     let mut gold = Vec::new();
     for line in data.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line).unwrap();
-        rows.push(Row::new(m.encoder.encode(v["text"].as_str().unwrap(), false).unwrap().ids));
+        rows.push(Row::new(
+            m.encoder
+                .encode(v["text"].as_str().unwrap(), false)
+                .unwrap()
+                .ids,
+        ));
         gold.push(v["label"].as_str().unwrap().to_string());
     }
     let mut correct = 0;
     for (chunk, g) in rows.chunks(16).zip(gold.chunks(16)) {
         for (o, label) in m.classifier.forward(chunk).unwrap().iter().zip(g) {
-            let best = if o.probabilities[1] > o.probabilities[0] { "positive" } else { "negative" };
+            let best = if o.probabilities[1] > o.probabilities[0] {
+                "positive"
+            } else {
+                "negative"
+            };
             correct += usize::from(best == label);
         }
     }
@@ -278,10 +463,28 @@ fn default_model_reaches_reference_accuracy() {
 fn differentiable_variant_gives_input_gradients_and_same_outputs() {
     let fast = load_tiny("tiny-bert-cls", false);
     let slow = load_tiny("tiny-bert-cls", true);
-    let row = Row::new(slow.encoder.encode("The food was cold.", false).unwrap().ids);
-    let a = fast.classifier.forward(std::slice::from_ref(&row)).unwrap().remove(0);
-    let b = slow.classifier.forward(std::slice::from_ref(&row)).unwrap().remove(0);
-    assert_close("fused vs differentiable", &a.probabilities, &b.probabilities, 1e-5);
+    let row = Row::new(
+        slow.encoder
+            .encode("The food was cold.", false)
+            .unwrap()
+            .ids,
+    );
+    let a = fast
+        .classifier
+        .forward(std::slice::from_ref(&row))
+        .unwrap()
+        .remove(0);
+    let b = slow
+        .classifier
+        .forward(std::slice::from_ref(&row))
+        .unwrap()
+        .remove(0);
+    assert_close(
+        "fused vs differentiable",
+        &a.probabilities,
+        &b.probabilities,
+        1e-5,
+    );
 
     let ec = &slow.encoder_classifier;
     let batch = ec.batch(std::slice::from_ref(&row)).unwrap();
@@ -290,8 +493,16 @@ fn differentiable_variant_gives_input_gradients_and_same_outputs() {
     let p = ec.probabilities(&logits).unwrap();
     let target = p.narrow(1, 2, 1).unwrap().sum_all().unwrap();
     let grads = target.backward().unwrap();
-    let g = grads.get(emb.as_tensor()).expect("the input embeddings must receive a gradient");
-    let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let g = grads
+        .get(emb.as_tensor())
+        .expect("the input embeddings must receive a gradient");
+    let norm = g
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(norm > 0.0, "gradient is all zero");
 
     // The fused variant cuts the graph: no gradient reaches the input.
@@ -299,7 +510,10 @@ fn differentiable_variant_gives_input_gradients_and_same_outputs() {
     let emb = Var::from_tensor(&ec.encoder().word_embeddings(&batch.ids).unwrap()).unwrap();
     let logits = ec.logits(&batch, Some(emb.as_tensor())).unwrap();
     let grads = logits.sum_all().unwrap().backward().unwrap();
-    assert!(grads.get(emb.as_tensor()).is_none(), "fused kernels unexpectedly carried a gradient");
+    assert!(
+        grads.get(emb.as_tensor()).is_none(),
+        "fused kernels unexpectedly carried a gradient"
+    );
 }
 
 #[test]
@@ -307,14 +521,33 @@ fn mean_pooling_ignores_padding() {
     let m = minilm();
     let ec = &m.encoder_classifier;
     let short = Row::new(m.encoder.encode("short", false).unwrap().ids);
-    let long = Row::new(m.encoder.encode("a much longer text that forces padding", false).unwrap().ids);
+    let long = Row::new(
+        m.encoder
+            .encode("a much longer text that forces padding", false)
+            .unwrap()
+            .ids,
+    );
     let b = ec.batch(&[short.clone(), long]).unwrap();
-    let out = ec.encoder().forward(&b.input(), ForwardOptions::default()).unwrap();
-    let e = mean_pool_normalised(&out.last_hidden_state, &b.mask).unwrap().to_dtype(DType::F32).unwrap();
+    let out = ec
+        .encoder()
+        .forward(&b.input(), ForwardOptions::default())
+        .unwrap();
+    let e = mean_pool_normalised(&out.last_hidden_state, &b.mask)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     let b1 = ec.batch(&[short]).unwrap();
-    let out1 = ec.encoder().forward(&b1.input(), ForwardOptions::default()).unwrap();
+    let out1 = ec
+        .encoder()
+        .forward(&b1.input(), ForwardOptions::default())
+        .unwrap();
     let e1 = mean_pool_normalised(&out1.last_hidden_state, &b1.mask).unwrap();
-    assert_close("pooled", &e.get(0).unwrap().to_vec1::<f32>().unwrap(), &e1.get(0).unwrap().to_vec1::<f32>().unwrap(), 1e-5);
+    assert_close(
+        "pooled",
+        &e.get(0).unwrap().to_vec1::<f32>().unwrap(),
+        &e1.get(0).unwrap().to_vec1::<f32>().unwrap(),
+        1e-5,
+    );
 }
 
 #[test]
@@ -343,7 +576,11 @@ fn copy_tiny(name: &str) -> tempfile::TempDir {
 }
 
 fn load_err(dir: &Path) -> String {
-    match load_model(dir.to_str().unwrap(), &ZeroShotConfig::default(), &LoadOptions::default()) {
+    match load_model(
+        dir.to_str().unwrap(),
+        &ZeroShotConfig::default(),
+        &LoadOptions::default(),
+    ) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => e.to_string(),
     }
@@ -365,23 +602,37 @@ fn missing_files_are_named() {
 fn unsupported_model_type_is_named() {
     let dir = copy_tiny("tiny-bert-cls");
     let p = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&p).unwrap().replace("\"model_type\": \"bert\"", "\"model_type\": \"gpt2\"");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"model_type\": \"bert\"", "\"model_type\": \"gpt2\"");
     std::fs::write(&p, text).unwrap();
     let e = load_err(dir.path());
-    assert!(e.contains("config.json") && e.contains("gpt2") && e.contains("not supported"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("gpt2") && e.contains("not supported"),
+        "{e}"
+    );
 }
 
 #[test]
 fn mismatched_weights_are_named() {
     let dir = copy_tiny("tiny-bert-cls");
     let p = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&p).unwrap().replace("\"hidden_size\": 32", "\"hidden_size\": 64");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"hidden_size\": 32", "\"hidden_size\": 64");
     std::fs::write(&p, text).unwrap();
     let e = load_err(dir.path());
-    assert!(e.contains("model.safetensors") && e.contains("do not match"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("do not match"),
+        "{e}"
+    );
 
     let dir = copy_tiny("tiny-bert-cls");
-    std::fs::write(dir.path().join("model.safetensors"), b"not a safetensors file").unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"not a safetensors file",
+    )
+    .unwrap();
     let e = load_err(dir.path());
     assert!(e.contains("model.safetensors"), "{e}");
 
@@ -398,20 +649,29 @@ fn unreachable_hub_gives_a_clear_error() {
     let cache = tempfile::tempdir().unwrap();
     std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
     std::env::set_var("HF_HOME", cache.path());
-    let e = match load_model("glassbox-test/does-not-exist", &ZeroShotConfig::default(), &LoadOptions::default()) {
+    let e = match load_model(
+        "glassbox-test/does-not-exist",
+        &ZeroShotConfig::default(),
+        &LoadOptions::default(),
+    ) {
         Ok(_) => panic!("hub load must fail offline"),
         Err(e) => e,
     };
     assert!(matches!(e, LoadError::Hub { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("glassbox-test/does-not-exist") && msg.contains("hub"), "{msg}");
+    assert!(
+        msg.contains("glassbox-test/does-not-exist") && msg.contains("hub"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn invalid_zero_shot_config_is_rejected() {
     let dir = root().join("models/all-MiniLM-L6-v2");
-    let mut zs = ZeroShotConfig::default();
-    zs.temperature = 0.0;
+    let zs = ZeroShotConfig {
+        temperature: 0.0,
+        ..ZeroShotConfig::default()
+    };
     let e = match load_model(dir.to_str().unwrap(), &zs, &LoadOptions::default()) {
         Ok(_) => panic!("temperature 0 must be rejected"),
         Err(e) => e.to_string(),

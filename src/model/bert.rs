@@ -31,14 +31,20 @@ impl Dense {
     fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Self> {
         let w = vb.get((out_dim, in_dim), "weight")?;
         let b = vb.get(out_dim, "bias")?;
-        Ok(Self { weight_t: w.t()?.contiguous()?, bias: b })
+        Ok(Self {
+            weight_t: w.t()?.contiguous()?,
+            bias: b,
+        })
     }
 
     /// Stacks several layers that read the same input into one (fused QKV).
     fn concat(parts: &[Dense]) -> candle_core::Result<Self> {
         let ws: Vec<&Tensor> = parts.iter().map(|d| &d.weight_t).collect();
         let bs: Vec<&Tensor> = parts.iter().map(|d| &d.bias).collect();
-        Ok(Self { weight_t: Tensor::cat(&ws, 1)?.contiguous()?, bias: Tensor::cat(&bs, 0)? })
+        Ok(Self {
+            weight_t: Tensor::cat(&ws, 1)?.contiguous()?,
+            bias: Tensor::cat(&bs, 0)?,
+        })
     }
 
     /// `x @ W + b` over the last dimension of a tensor of any rank.
@@ -51,7 +57,11 @@ impl Dense {
         let dims = x.dims().to_vec();
         let k = *dims.last().expect("rank >= 1");
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = if x.is_contiguous() { x.reshape((rows, k))? } else { x.contiguous()?.reshape((rows, k))? };
+        let x2 = if x.is_contiguous() {
+            x.reshape((rows, k))?
+        } else {
+            x.contiguous()?.reshape((rows, k))?
+        };
         let y = x2.matmul(&self.weight_t)?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = self.weight_t.dim(1)?;
@@ -75,11 +85,21 @@ impl Norm {
         let weight = vb.get(size, "weight").or_else(|_| vb.get(size, "gamma"))?;
         let bias = vb.get(size, "bias").or_else(|_| vb.get(size, "beta"))?;
         let params = Tensor::stack(&[&weight, &bias], 0)?;
-        Ok(Self { weight, bias, params, eps })
+        Ok(Self {
+            weight,
+            bias,
+            params,
+            eps,
+        })
     }
 
     /// `LayerNorm(x + residual)`.
-    fn add_forward(&self, x: &Tensor, residual: &Tensor, differentiable: bool) -> candle_core::Result<Tensor> {
+    fn add_forward(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        differentiable: bool,
+    ) -> candle_core::Result<Tensor> {
         if differentiable {
             self.forward(&(x + residual)?, true)
         } else {
@@ -212,19 +232,29 @@ pub struct Encoder {
 
 impl Encoder {
     /// Loads the encoder from `vb`, which must point at the encoder's root (e.g. `bert.`).
-    pub fn load(vb: VarBuilder, config: &EncoderConfig, differentiable: bool) -> candle_core::Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        config: &EncoderConfig,
+        differentiable: bool,
+    ) -> candle_core::Result<Self> {
         let h = config.hidden_size;
         let emb = vb.pp("embeddings");
         let word_embeddings = emb.get((config.vocab_size, h), "word_embeddings.weight")?;
-        let position_embeddings = emb.get((config.max_position_embeddings, h), "position_embeddings.weight")?;
+        let position_embeddings = emb.get(
+            (config.max_position_embeddings, h),
+            "position_embeddings.weight",
+        )?;
         let token_type_embeddings = if config.type_vocab_size > 0 {
             Some(emb.get((config.type_vocab_size, h), "token_type_embeddings.weight")?)
         } else {
             None
         };
         let embed_norm = Norm::load(&emb.pp("LayerNorm"), h, config.layer_norm_eps)?;
-        let layers_vb =
-            if config.architecture == Architecture::DistilBert { vb.pp("transformer").pp("layer") } else { vb.pp("encoder").pp("layer") };
+        let layers_vb = if config.architecture == Architecture::DistilBert {
+            vb.pp("transformer").pp("layer")
+        } else {
+            vb.pp("encoder").pp("layer")
+        };
         let layers = (0..config.num_layers)
             .map(|i| Layer::load(&layers_vb.pp(i.to_string()), config))
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -252,7 +282,9 @@ impl Encoder {
     /// The word-embedding lookup: `[B, L]` ids -> `[B, L, hidden]`.
     pub fn word_embeddings(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, l) = ids.dims2()?;
-        self.word_embeddings.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, self.config.hidden_size))
+        self.word_embeddings
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, l, self.config.hidden_size))
     }
 
     /// Position ids per row: `0..L` for BERT/DistilBERT; for RoBERTa `pad + 1 + i` on real
@@ -273,7 +305,11 @@ impl Encoder {
     }
 
     /// Runs the encoder on a padded batch.
-    pub fn forward(&self, input: &EncoderInput, opts: ForwardOptions) -> candle_core::Result<EncoderOutput> {
+    pub fn forward(
+        &self,
+        input: &EncoderInput,
+        opts: ForwardOptions,
+    ) -> candle_core::Result<EncoderOutput> {
         let (b, l) = input.mask.dims2()?;
         let h = self.config.hidden_size;
         let nh = self.config.num_heads;
@@ -284,10 +320,15 @@ impl Encoder {
             None => self.word_embeddings(input.ids)?,
         };
         let pos = self.position_ids(input.mask)?;
-        let pos_emb = self.position_embeddings.index_select(&pos.flatten_all()?, 0)?.reshape((b, l, h))?;
+        let pos_emb = self
+            .position_embeddings
+            .index_select(&pos.flatten_all()?, 0)?
+            .reshape((b, l, h))?;
         let mut x = (words + pos_emb)?;
         if let Some(tt) = &self.token_type_embeddings {
-            let t = tt.index_select(&input.type_ids.flatten_all()?, 0)?.reshape((b, l, h))?;
+            let t = tt
+                .index_select(&input.type_ids.flatten_all()?, 0)?
+                .reshape((b, l, h))?;
             x = (x + t)?;
         }
         let mut x = self.embed_norm.forward(&x, self.differentiable)?;
@@ -299,37 +340,57 @@ impl Encoder {
         let fast = !self.differentiable;
         let mut attentions = opts.attentions.then(Vec::new);
 
+        // Rows that want attentions (or the gradient path) take the composite route, which
+        // materialises the probabilities; everything else takes the fused kernel.
+        let fused = fast && attentions.is_none();
+        let all_heads = Tensor::ones((b, nh), DType::F32, &self.device)?;
+
         for (li, layer) in self.layers.iter().enumerate() {
             let qkv = layer.qkv.forward(&x)?; // [B, L, 3H]
-            let qkv = qkv.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, B, nh, L, hd]
-            let q = qkv.i(0)?.contiguous()?;
-            let k = qkv.i(1)?.contiguous()?;
-            let v = qkv.i(2)?.contiguous()?;
-            let mut probs = if fast {
-                kernels::masked_softmax(&q.matmul(&k.t()?)?, &key_bias, scale as f32)?
+            let ctx = if fused {
+                let keep = match input.head_mask {
+                    Some(hm) => hm.i((.., li, ..))?,
+                    None => all_heads.clone(),
+                };
+                kernels::fused_attention(&qkv, &key_bias, &keep, nh, scale as f32)?
             } else {
-                let scores = (q * scale)?.matmul(&k.t()?)?.broadcast_add(&key_bias4)?; // [B, nh, L, L]
-                candle_nn::ops::softmax(&scores, D::Minus1)?
+                let qkv = qkv.reshape((b, l, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, B, nh, L, hd]
+                let q = qkv.i(0)?.contiguous()?;
+                let k = qkv.i(1)?.contiguous()?;
+                let v = qkv.i(2)?.contiguous()?;
+                let mut probs = if fast {
+                    kernels::masked_softmax(&q.matmul(&k.t()?)?, &key_bias, scale as f32)?
+                } else {
+                    let scores = (q * scale)?.matmul(&k.t()?)?.broadcast_add(&key_bias4)?; // [B, nh, L, L]
+                    candle_nn::ops::softmax(&scores, D::Minus1)?
+                };
+                if let Some(hm) = input.head_mask {
+                    let m = hm.i((.., li, ..))?.reshape((b, nh, 1, 1))?;
+                    probs = probs.broadcast_mul(&m)?;
+                }
+                let ctx = probs.matmul(&v)?; // [B, nh, L, hd]
+                if let Some(a) = attentions.as_mut() {
+                    a.push(probs);
+                }
+                ctx.transpose(1, 2)?.reshape((b, l, h))?
             };
-            if let Some(hm) = input.head_mask {
-                let m = hm.i((.., li, ..))?.reshape((b, nh, 1, 1))?;
-                probs = probs.broadcast_mul(&m)?;
-            }
-            let ctx = probs.matmul(&v)?; // [B, nh, L, hd]
-            let ctx = ctx.transpose(1, 2)?.reshape((b, l, h))?;
-            if let Some(a) = attentions.as_mut() {
-                a.push(probs);
-            }
             let attn = layer.attn_out.forward(&ctx)?;
-            x = layer.attn_norm.add_forward(&attn, &x, self.differentiable)?;
+            x = layer
+                .attn_norm
+                .add_forward(&attn, &x, self.differentiable)?;
             let inter = match self.activation {
-                Activation::GeluErf if fast => kernels::bias_gelu(&layer.ffn_in.matmul(&x)?, &layer.ffn_in.bias)?,
+                Activation::GeluErf if fast => {
+                    kernels::bias_gelu(&layer.ffn_in.matmul(&x)?, &layer.ffn_in.bias)?
+                }
                 act => act.forward(&layer.ffn_in.forward(&x)?)?,
             };
             let out = layer.ffn_out.forward(&inter)?;
             x = layer.out_norm.add_forward(&out, &x, self.differentiable)?;
         }
-        Ok(EncoderOutput { last_hidden_state: x, attentions })
+        Ok(EncoderOutput {
+            last_hidden_state: x,
+            attentions,
+        })
     }
 }
 
@@ -340,6 +401,10 @@ impl Module for Dense {
 }
 
 /// Loads a dense layer for the heads module (same storage convention as the encoder's).
-pub(crate) fn load_dense(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Dense> {
+pub(crate) fn load_dense(
+    vb: &VarBuilder,
+    in_dim: usize,
+    out_dim: usize,
+) -> candle_core::Result<Dense> {
     Dense::load(vb, in_dim, out_dim)
 }

@@ -52,14 +52,17 @@ impl EncoderConfig {
     /// Maximum input length in tokens (RoBERTa reserves `pad_token_id + 1` positions).
     pub fn max_len(&self) -> usize {
         match self.architecture {
-            Architecture::Roberta => self.max_position_embeddings - (self.pad_token_id as usize + 1),
+            Architecture::Roberta => {
+                self.max_position_embeddings - (self.pad_token_id as usize + 1)
+            }
             _ => self.max_position_embeddings,
         }
     }
 
     /// Parses `config.json`; the error names the field that is missing or wrong.
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let model_type = v
             .get("model_type")
             .and_then(|m| m.as_str())
@@ -83,7 +86,12 @@ impl EncoderConfig {
                 .ok_or_else(|| format!("is missing \"{}\"", names[0]))
         };
         let (hidden, layers, heads, inter) = if architecture == Architecture::DistilBert {
-            (usize_of(&["dim"])?, usize_of(&["n_layers"])?, usize_of(&["n_heads"])?, usize_of(&["hidden_dim"])?)
+            (
+                usize_of(&["dim"])?,
+                usize_of(&["n_layers"])?,
+                usize_of(&["n_heads"])?,
+                usize_of(&["hidden_dim"])?,
+            )
         } else {
             (
                 usize_of(&["hidden_size"])?,
@@ -93,27 +101,45 @@ impl EncoderConfig {
             )
         };
         if heads == 0 || hidden % heads != 0 {
-            return Err(format!("hidden size {hidden} is not divisible by {heads} attention heads"));
+            return Err(format!(
+                "hidden size {hidden} is not divisible by {heads} attention heads"
+            ));
         }
         let hidden_act = v
-            .get(if architecture == Architecture::DistilBert { "activation" } else { "hidden_act" })
+            .get(if architecture == Architecture::DistilBert {
+                "activation"
+            } else {
+                "hidden_act"
+            })
             .and_then(|x| x.as_str())
             .unwrap_or("gelu")
             .to_string();
-        if !matches!(hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu") {
-            return Err(format!("activation \"{hidden_act}\" is not supported (gelu, gelu_new, relu)"));
+        if !matches!(
+            hidden_act.as_str(),
+            "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu"
+        ) {
+            return Err(format!(
+                "activation \"{hidden_act}\" is not supported (gelu, gelu_new, relu)"
+            ));
         }
         let is_classifier = v
             .get("architectures")
             .and_then(|a| a.as_array())
-            .map(|a| a.iter().any(|x| x.as_str().is_some_and(|s| s.ends_with("ForSequenceClassification"))))
+            .map(|a| {
+                a.iter().any(|x| {
+                    x.as_str()
+                        .is_some_and(|s| s.ends_with("ForSequenceClassification"))
+                })
+            })
             .unwrap_or(false);
         let classifier_labels = if is_classifier {
             let map: BTreeMap<usize, String> = match v.get("id2label").and_then(|m| m.as_object()) {
                 Some(m) => m
                     .iter()
                     .map(|(k, l)| {
-                        let i = k.parse::<usize>().map_err(|_| format!("id2label key \"{k}\" is not an integer"))?;
+                        let i = k
+                            .parse::<usize>()
+                            .map_err(|_| format!("id2label key \"{k}\" is not an integer"))?;
                         Ok((i, l.as_str().unwrap_or_default().to_string()))
                     })
                     .collect::<Result<_, String>>()?,
@@ -143,8 +169,15 @@ impl EncoderConfig {
             num_heads: heads,
             intermediate_size: inter,
             max_position_embeddings: usize_of(&["max_position_embeddings"])?,
-            type_vocab_size: if architecture == Architecture::DistilBert { 0 } else { usize_of(&["type_vocab_size"]).unwrap_or(2) },
-            layer_norm_eps: v.get("layer_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-12),
+            type_vocab_size: if architecture == Architecture::DistilBert {
+                0
+            } else {
+                usize_of(&["type_vocab_size"]).unwrap_or(2)
+            },
+            layer_norm_eps: v
+                .get("layer_norm_eps")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(1e-12),
             pad_token_id: v.get("pad_token_id").and_then(|x| x.as_u64()).unwrap_or(0) as u32,
             hidden_act,
             classifier_labels,
@@ -215,7 +248,10 @@ impl ZeroShotConfig {
     /// Checks the head makes sense; the message names the field and the fix.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(format!("model.zero_shot.temperature must be a positive number (got {})", self.temperature));
+            return Err(format!(
+                "model.zero_shot.temperature must be a positive number (got {})",
+                self.temperature
+            ));
         }
         if self.labels.len() < 2 {
             return Err("model.zero_shot.labels needs at least two labels".into());
@@ -225,7 +261,10 @@ impl ZeroShotConfig {
                 return Err("model.zero_shot.labels: every label needs a non-empty name".into());
             }
             if l.prompts.is_empty() || l.prompts.iter().any(|p| p.trim().is_empty()) {
-                return Err(format!("model.zero_shot.labels: label \"{}\" needs at least one non-empty prompt", l.name));
+                return Err(format!(
+                    "model.zero_shot.labels: label \"{}\" needs at least one non-empty prompt",
+                    l.name
+                ));
             }
         }
         let mut names: Vec<_> = self.labels.iter().map(|l| &l.name).collect();

@@ -23,16 +23,26 @@ pub enum Head {
     /// BERT's pooler + classifier.
     Bert { pooler: Dense, classifier: Dense },
     /// DistilBERT's pre_classifier + ReLU + classifier.
-    DistilBert { pre_classifier: Dense, classifier: Dense },
+    DistilBert {
+        pre_classifier: Dense,
+        classifier: Dense,
+    },
     /// RoBERTa's dense + tanh + out_proj.
     Roberta { dense: Dense, out_proj: Dense },
     /// Cosine similarity to `[labels, hidden]` unit prototypes over a temperature.
-    ZeroShot { prototypes: Tensor, temperature: f64 },
+    ZeroShot {
+        prototypes: Tensor,
+        temperature: f64,
+    },
 }
 
 impl Head {
     /// Loads the classification head of a `*ForSequenceClassification` checkpoint.
-    pub fn load_classifier(vb: &VarBuilder, cfg: &EncoderConfig, num_labels: usize) -> candle_core::Result<Self> {
+    pub fn load_classifier(
+        vb: &VarBuilder,
+        cfg: &EncoderConfig,
+        num_labels: usize,
+    ) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         Ok(match cfg.architecture {
             Architecture::Bert => Head::Bert {
@@ -54,12 +64,18 @@ impl Head {
     pub fn forward(&self, hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let cls = || hidden.i((.., 0, ..));
         match self {
-            Head::Bert { pooler, classifier } => classifier.forward(&pooler.forward(&cls()?)?.tanh()?),
-            Head::DistilBert { pre_classifier, classifier } => {
-                classifier.forward(&pre_classifier.forward(&cls()?)?.relu()?)
+            Head::Bert { pooler, classifier } => {
+                classifier.forward(&pooler.forward(&cls()?)?.tanh()?)
             }
+            Head::DistilBert {
+                pre_classifier,
+                classifier,
+            } => classifier.forward(&pre_classifier.forward(&cls()?)?.relu()?),
             Head::Roberta { dense, out_proj } => out_proj.forward(&dense.forward(&cls()?)?.tanh()?),
-            Head::ZeroShot { prototypes, temperature } => {
+            Head::ZeroShot {
+                prototypes,
+                temperature,
+            } => {
                 let e = mean_pool_normalised(hidden, mask)?;
                 e.matmul(&prototypes.t()?)? / *temperature
             }
@@ -101,7 +117,12 @@ pub struct EncoderClassifier {
 
 impl EncoderClassifier {
     pub fn new(encoder: Encoder, head: Head, info: ModelInfo, pad_id: u32) -> Self {
-        Self { encoder, head, info, pad_id }
+        Self {
+            encoder,
+            head,
+            info,
+            pad_id,
+        }
     }
 
     pub fn encoder(&self) -> &Encoder {
@@ -124,19 +145,31 @@ impl EncoderClassifier {
             let mut embs = Vec::new();
             for p in &label.prompts {
                 let ids = encode(p)?;
-                let batch = batch_tensors(&[Row::new(ids)], encoder.config.num_layers, encoder.config.num_heads, pad_id, encoder.device())
-                    .map_err(|e| e.to_string())?;
+                let batch = batch_tensors(
+                    &[Row::new(ids)],
+                    encoder.config.num_layers,
+                    encoder.config.num_heads,
+                    pad_id,
+                    encoder.device(),
+                )
+                .map_err(|e| e.to_string())?;
                 let out = encoder
                     .forward(&batch.input(), ForwardOptions::default())
                     .map_err(|e| e.to_string())?;
-                embs.push(mean_pool_normalised(&out.last_hidden_state, &batch.mask).map_err(|e| e.to_string())?);
+                embs.push(
+                    mean_pool_normalised(&out.last_hidden_state, &batch.mask)
+                        .map_err(|e| e.to_string())?,
+                );
             }
             let stacked = Tensor::cat(&embs, 0).map_err(|e| e.to_string())?; // [P, H]
             let mean = stacked.mean_keepdim(0).map_err(|e| e.to_string())?;
             protos.push(l2_normalise(&mean).map_err(|e| e.to_string())?);
         }
         let prototypes = Tensor::cat(&protos, 0).map_err(|e| e.to_string())?;
-        Ok(Head::ZeroShot { prototypes, temperature: cfg.temperature as f64 })
+        Ok(Head::ZeroShot {
+            prototypes,
+            temperature: cfg.temperature as f64,
+        })
     }
 
     /// Tensors for a batch of rows (right-padded).
@@ -152,15 +185,32 @@ impl EncoderClassifier {
                     self.info.max_len
                 )));
             }
-            if let Some(&(l, h)) = r.head_mask.pairs().iter().find(|(l, h)| *l >= self.info.num_layers || *h >= self.info.num_heads) {
-                return Err(ModelError::InvalidRow(format!("head ({l}, {h}) does not exist")));
+            if let Some(&(l, h)) = r
+                .head_mask
+                .pairs()
+                .iter()
+                .find(|(l, h)| *l >= self.info.num_layers || *h >= self.info.num_heads)
+            {
+                return Err(ModelError::InvalidRow(format!(
+                    "head ({l}, {h}) does not exist"
+                )));
             }
         }
-        Ok(batch_tensors(rows, self.info.num_layers, self.info.num_heads, self.pad_id, self.encoder.device())?)
+        Ok(batch_tensors(
+            rows,
+            self.info.num_layers,
+            self.info.num_heads,
+            self.pad_id,
+            self.encoder.device(),
+        )?)
     }
 
     /// Scores `[B, labels]` for a batch (raw logits / cosines over temperature).
-    pub fn logits(&self, batch: &BatchTensors, embeddings: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    pub fn logits(
+        &self,
+        batch: &BatchTensors,
+        embeddings: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let mut input = batch.input();
         input.embeddings = embeddings;
         let out = self.encoder.forward(&input, ForwardOptions::default())?;
@@ -196,7 +246,13 @@ impl BatchTensors {
 }
 
 /// Pads `rows` to the longest one and builds the id, type, mask and head-mask tensors.
-pub fn batch_tensors(rows: &[Row], layers: usize, heads: usize, pad_id: u32, device: &Device) -> candle_core::Result<BatchTensors> {
+pub fn batch_tensors(
+    rows: &[Row],
+    layers: usize,
+    heads: usize,
+    pad_id: u32,
+    device: &Device,
+) -> candle_core::Result<BatchTensors> {
     let b = rows.len();
     let l = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
     let mut ids = vec![pad_id; b * l];
@@ -240,9 +296,17 @@ impl Classifier for EncoderClassifier {
         }
         let batch = self.batch(rows)?;
         let want_attn = rows.iter().any(|r| r.attentions);
-        let out = self.encoder.forward(&batch.input(), ForwardOptions { attentions: want_attn })?;
+        let out = self.encoder.forward(
+            &batch.input(),
+            ForwardOptions {
+                attentions: want_attn,
+            },
+        )?;
         let logits = self.head.forward(&out.last_hidden_state, &batch.mask)?;
-        let probs = self.probabilities(&logits)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let probs = self
+            .probabilities(&logits)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
         let logits = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let nh = self.info.num_heads;
         let mut outputs = Vec::with_capacity(rows.len());
@@ -252,13 +316,27 @@ impl Classifier for EncoderClassifier {
                     let len = batch.lengths[i];
                     let per_layer = layers
                         .iter()
-                        .map(|a| a.i(i)?.narrow(1, 0, len)?.narrow(2, 0, len)?.flatten_all()?.to_vec1::<f32>())
+                        .map(|a| {
+                            a.i(i)?
+                                .narrow(1, 0, len)?
+                                .narrow(2, 0, len)?
+                                .flatten_all()?
+                                .to_vec1::<f32>()
+                        })
                         .collect::<candle_core::Result<Vec<_>>>()?;
-                    Some(Arc::new(RowAttentions { heads: nh, len, layers: per_layer }))
+                    Some(Arc::new(RowAttentions {
+                        heads: nh,
+                        len,
+                        layers: per_layer,
+                    }))
                 }
                 _ => None,
             };
-            outputs.push(RowOutput { logits: lg, probabilities: pr, attentions });
+            outputs.push(RowOutput {
+                logits: lg,
+                probabilities: pr,
+                attentions,
+            });
         }
         Ok(outputs)
     }

@@ -51,7 +51,7 @@ fn exp_f32(x: f32) -> f32 {
     y = y * r + 8.333_452e-3;
     y = y * r + 4.166_579_6e-2;
     y = y * r + 1.666_666_5e-1;
-    y = y * r + 5.000_000_1e-1;
+    y = y * r + 0.5;
     y = y * r * r + r + 1.0;
     let scale = f32::from_bits(((fx as i32 + 127) as u32) << 23);
     y * scale
@@ -62,7 +62,9 @@ fn exp_f32(x: f32) -> f32 {
 fn gelu_f32(x: f32) -> f32 {
     let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * z);
-    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
     let erf_abs = 1.0 - poly * exp_f32(-z * z);
     let erf = erf_abs.copysign(x);
     0.5 * x * (1.0 + erf)
@@ -95,7 +97,10 @@ macro_rules! multiversion {
 
 #[inline(always)]
 fn bias_gelu_rows(src: &[f32], bias: &[f32], dst: &mut [f32]) {
-    for (s_row, d_row) in src.chunks_exact(bias.len()).zip(dst.chunks_exact_mut(bias.len())) {
+    for (s_row, d_row) in src
+        .chunks_exact(bias.len())
+        .zip(dst.chunks_exact_mut(bias.len()))
+    {
         for ((d, s), b) in d_row.iter_mut().zip(s_row).zip(bias) {
             *d = gelu_f32(*s + *b);
         }
@@ -132,9 +137,20 @@ fn masked_softmax_rows(src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32
 multiversion!(masked_softmax_dispatch, masked_softmax_rows, (src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32]));
 
 #[inline(always)]
-fn add_layer_norm_rows(x: &[f32], res: &[f32], gamma: &[f32], beta: &[f32], eps: f32, dst: &mut [f32]) {
+fn add_layer_norm_rows(
+    x: &[f32],
+    res: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    dst: &mut [f32],
+) {
     let h = gamma.len();
-    for ((xr, rr), dr) in x.chunks_exact(h).zip(res.chunks_exact(h)).zip(dst.chunks_exact_mut(h)) {
+    for ((xr, rr), dr) in x
+        .chunks_exact(h)
+        .zip(res.chunks_exact(h))
+        .zip(dst.chunks_exact_mut(h))
+    {
         let mut sum = 0.0f32;
         for ((d, a), b) in dr.iter_mut().zip(xr).zip(rr) {
             *d = *a + *b;
@@ -164,7 +180,13 @@ impl CustomOp2 for BiasGelu {
     fn name(&self) -> &'static str {
         "glassbox-bias-gelu"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s1, l1, "bias_gelu")?;
         let bias = contiguous(s2, l2, "bias_gelu bias")?;
         let n = bias.len();
@@ -173,7 +195,9 @@ impl CustomOp2 for BiasGelu {
         }
         let mut dst = vec![0f32; x.len()];
         let rows = chunk_rows(n, x.len() / n) * n;
-        dst.par_chunks_mut(rows).zip(x.par_chunks(rows)).for_each(|(d, s)| bias_gelu_dispatch(s, bias, d));
+        dst.par_chunks_mut(rows)
+            .zip(x.par_chunks(rows))
+            .for_each(|(d, s)| bias_gelu_dispatch(s, bias, d));
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 }
@@ -193,30 +217,47 @@ impl CustomOp2 for MaskedSoftmax {
     fn name(&self) -> &'static str {
         "glassbox-masked-softmax"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let scores = contiguous(s1, l1, "masked_softmax")?;
         let bias = contiguous(s2, l2, "masked_softmax bias")?;
         let &[b, h, lq, lk] = l1.dims() else {
-            candle_core::bail!("masked_softmax: scores must be [B, heads, Lq, Lk], got {:?}", l1.dims())
+            candle_core::bail!(
+                "masked_softmax: scores must be [B, heads, Lq, Lk], got {:?}",
+                l1.dims()
+            )
         };
         if l2.dims() != [b, lk] {
-            candle_core::bail!("masked_softmax: bias must be [{b}, {lk}], got {:?}", l2.dims());
+            candle_core::bail!(
+                "masked_softmax: bias must be [{b}, {lk}], got {:?}",
+                l2.dims()
+            );
         }
         let mut dst = vec![0f32; scores.len()];
         let per_batch = h * lq * lk;
         let scale = self.scale;
         // One task per (batch row, head): every row of it shares the same key bias.
-        dst.par_chunks_mut(lq * lk).zip(scores.par_chunks(lq * lk)).enumerate().for_each(|(i, (d, s))| {
-            let bi = i * lq * lk / per_batch;
-            masked_softmax_dispatch(s, &bias[bi * lk..(bi + 1) * lk], scale, d);
-        });
+        dst.par_chunks_mut(lq * lk)
+            .zip(scores.par_chunks(lq * lk))
+            .enumerate()
+            .for_each(|(i, (d, s))| {
+                let bi = i * lq * lk / per_batch;
+                masked_softmax_dispatch(s, &bias[bi * lk..(bi + 1) * lk], scale, d);
+            });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 }
 
 /// Attention probabilities from raw `q k^T` scores, fused and parallel.
 pub fn masked_softmax(scores: &Tensor, key_bias: &Tensor, scale: f32) -> Result<Tensor> {
-    scores.contiguous()?.apply_op2_no_bwd(&key_bias.contiguous()?, &MaskedSoftmax { scale })
+    scores
+        .contiguous()?
+        .apply_op2_no_bwd(&key_bias.contiguous()?, &MaskedSoftmax { scale })
 }
 
 /// `LayerNorm(x + residual)` with `[2, H]` parameters (gamma row 0, beta row 1).
@@ -242,7 +283,12 @@ impl CustomOp3 for AddLayerNorm {
         let params = contiguous(s3, l3, "add_layer_norm params")?;
         let h = params.len() / 2;
         if l1.dims() != l2.dims() || l1.dims().last() != Some(&h) {
-            candle_core::bail!("add_layer_norm: shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
+            candle_core::bail!(
+                "add_layer_norm: shapes {:?} {:?} {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
         }
         let (gamma, beta) = params.split_at(h);
         let mut dst = vec![0f32; x.len()];
@@ -257,7 +303,173 @@ impl CustomOp3 for AddLayerNorm {
 
 /// `LayerNorm(x + residual)`, fused and parallel; `params` is `[2, H]` (gamma, beta).
 pub fn add_layer_norm(x: &Tensor, residual: &Tensor, params: &Tensor, eps: f32) -> Result<Tensor> {
-    x.contiguous()?.apply_op3_no_bwd(&residual.contiguous()?, params, &AddLayerNorm { eps })
+    x.contiguous()?
+        .apply_op3_no_bwd(&residual.contiguous()?, params, &AddLayerNorm { eps })
+}
+
+/// Multi-head attention straight from the fused QKV projection, for rows that do not ask for
+/// their attention probabilities.
+///
+/// candle's batched matmul runs the `B x heads` small products one after another, each split
+/// over threads, so at BERT sizes (`hd = 32`) the threading overhead dominates; it also needs
+/// the Q/K/V and context transposes as copies. Here one rayon task per (row, head) reads Q, K
+/// and V in place from `[B, L, 3H]` with strides, runs both products single-threaded with the
+/// `gemm` crate candle itself uses, applies scale + key mask + softmax + head mask in between,
+/// and writes its context slice directly into `[B, L, H]`.
+struct FusedAttention {
+    heads: usize,
+    scale: f32,
+}
+
+/// A raw pointer that rayon tasks may share: every task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: tasks write disjoint (row, head) slices; see `FusedAttention::cpu_fwd`.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The element `offset` places on (a method, so closures capture the whole wrapper).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "glassbox-fused-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let qkv = contiguous(s1, l1, "attention qkv")?;
+        let key_bias = contiguous(s2, l2, "attention key bias")?;
+        let head_keep = contiguous(s3, l3, "attention head mask")?;
+        let &[b, l, three_h] = l1.dims() else {
+            candle_core::bail!("attention: qkv must be [B, L, 3H], got {:?}", l1.dims())
+        };
+        let nh = self.heads;
+        let h = three_h / 3;
+        let hd = h / nh;
+        if three_h % 3 != 0 || h % nh != 0 || l2.dims() != [b, l] || l3.dims() != [b, nh] {
+            candle_core::bail!(
+                "attention: shapes {:?} {:?} {:?} for {nh} heads",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let mut ctx = vec![0f32; b * l * h];
+        let out = SharedMut(ctx.as_mut_ptr());
+        let scale = self.scale;
+        (0..b * nh).into_par_iter().for_each_init(
+            || vec![0f32; l * l],
+            |scores, task| {
+                let (bi, hi) = (task / nh, task % nh);
+                let keep = head_keep[bi * nh + hi];
+                let base = bi * l * three_h + hi * hd;
+                let q = qkv[base..].as_ptr();
+                let k = qkv[base + h..].as_ptr();
+                let v = qkv[base + 2 * h..].as_ptr();
+                let dst = out.at(bi * l * h + hi * hd);
+                if keep == 0.0 {
+                    // A masked head contributes nothing; its context stays zero.
+                    return;
+                }
+                // SAFETY: every pointer stays inside its buffer: Q/K/V rows are `3H` apart with
+                // `hd` columns from `base`, the scores buffer is `L x L`, and this task alone
+                // writes the `L x hd` block of `ctx` at (row bi, head hi).
+                unsafe {
+                    gemm::gemm(
+                        l,
+                        l,
+                        hd,
+                        scores.as_mut_ptr(),
+                        1,
+                        l as isize,
+                        false,
+                        q,
+                        1,
+                        three_h as isize,
+                        k,
+                        three_h as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                masked_softmax_dispatch_rows(scores, &key_bias[bi * l..(bi + 1) * l], scale);
+                if keep != 1.0 {
+                    scores.iter_mut().for_each(|p| *p *= keep);
+                }
+                unsafe {
+                    gemm::gemm(
+                        l,
+                        hd,
+                        l,
+                        dst,
+                        1,
+                        h as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        l as isize,
+                        v,
+                        1,
+                        three_h as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(ctx), Shape::from_dims(&[b, l, h])))
+    }
+}
+
+/// In-place masked softmax over the rows of an `L x L` block.
+fn masked_softmax_dispatch_rows(block: &mut [f32], key_bias: &[f32], scale: f32) {
+    let n = key_bias.len();
+    let mut tmp = [0f32; 512];
+    for row in block.chunks_exact_mut(n) {
+        if n <= tmp.len() {
+            tmp[..n].copy_from_slice(row);
+            masked_softmax_dispatch(&tmp[..n], key_bias, scale, row);
+        } else {
+            let src = row.to_vec();
+            masked_softmax_dispatch(&src, key_bias, scale, row);
+        }
+    }
+}
+
+/// Attention context `[B, L, H]` from `qkv` `[B, L, 3H]`, the key bias `[B, L]` and the
+/// per-row head keep factors `[B, heads]` (1 keeps a head, 0 switches it off).
+pub fn fused_attention(
+    qkv: &Tensor,
+    key_bias: &Tensor,
+    head_keep: &Tensor,
+    heads: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    qkv.contiguous()?.apply_op3_no_bwd(
+        &key_bias.contiguous()?,
+        &head_keep.contiguous()?,
+        &FusedAttention { heads, scale },
+    )
 }
 
 #[cfg(test)]
@@ -283,7 +495,12 @@ mod tests {
         let t = Tensor::new(xs.as_slice(), &candle_core::Device::Cpu).unwrap();
         let want = t.gelu_erf().unwrap().to_vec1::<f32>().unwrap();
         let zero = Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-        let got = bias_gelu(&t.reshape((xs.len(), 1)).unwrap(), &zero).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = bias_gelu(&t.reshape((xs.len(), 1)).unwrap(), &zero)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for ((g, w), x) in got.iter().zip(&want).zip(&xs) {
             assert!((g - w).abs() < 2e-6, "gelu({x}) = {g}, want {w}");
         }
@@ -297,10 +514,20 @@ mod tests {
         let bias = ((mask.ones_like().unwrap() - &mask).unwrap() * -1e4).unwrap();
         let got = masked_softmax(&s, &bias, 0.5).unwrap();
         let want = candle_nn::ops::softmax_last_dim(
-            &(&s * 0.5).unwrap().broadcast_add(&bias.reshape((2, 1, 1, 5)).unwrap()).unwrap(),
+            &(&s * 0.5)
+                .unwrap()
+                .broadcast_add(&bias.reshape((2, 1, 1, 5)).unwrap())
+                .unwrap(),
         )
         .unwrap();
-        let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-6, "softmax diff {d}");
 
         let x = Tensor::randn(0f32, 1.0, (4, 7, 16), &dev).unwrap();
@@ -310,7 +537,70 @@ mod tests {
         let params = Tensor::stack(&[&g, &b], 0).unwrap();
         let got = add_layer_norm(&x, &r, &params, 1e-12).unwrap();
         let want = candle_nn::ops::layer_norm_slow(&(&x + &r).unwrap(), &g, &b, 1e-12).unwrap();
-        let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-5, "layer norm diff {d}");
+    }
+
+    #[test]
+    fn fused_attention_matches_the_composite_path() {
+        let dev = candle_core::Device::Cpu;
+        let (b, l, nh, hd) = (3, 6, 4, 8);
+        let h = nh * hd;
+        let qkv = Tensor::randn(0f32, 1.0, (b, l, 3 * h), &dev).unwrap();
+        let mask = Tensor::new(
+            &[
+                [1f32, 1., 1., 1., 0., 0.],
+                [1., 1., 1., 1., 1., 1.],
+                [1., 1., 0., 0., 0., 0.],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let bias = ((mask.ones_like().unwrap() - &mask).unwrap() * -1e4).unwrap();
+        let keep = Tensor::new(
+            &[[1f32, 0., 1., 1.], [1., 1., 1., 1.], [0., 1., 0.5, 1.]],
+            &dev,
+        )
+        .unwrap();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let got = fused_attention(&qkv, &bias, &keep, nh, scale).unwrap();
+
+        let t = qkv
+            .reshape((b, l, 3, nh, hd))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap();
+        let (q, k, v) = (
+            t.get(0).unwrap().contiguous().unwrap(),
+            t.get(1).unwrap().contiguous().unwrap(),
+            t.get(2).unwrap().contiguous().unwrap(),
+        );
+        let p = masked_softmax(&q.matmul(&k.t().unwrap()).unwrap(), &bias, scale).unwrap();
+        let p = p
+            .broadcast_mul(&keep.reshape((b, nh, 1, 1)).unwrap())
+            .unwrap();
+        let want = p
+            .matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, l, h))
+            .unwrap();
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "attention diff {d}");
     }
 }

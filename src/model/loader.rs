@@ -60,7 +60,11 @@ pub enum LoadError {
 }
 
 /// Loads a local Hugging Face folder, or a hub id (`owner/name`) through `hf-hub`.
-pub fn load_model(source: &str, zero_shot: &ZeroShotConfig, options: &LoadOptions) -> Result<LoadedModel, LoadError> {
+pub fn load_model(
+    source: &str,
+    zero_shot: &ZeroShotConfig,
+    options: &LoadOptions,
+) -> Result<LoadedModel, LoadError> {
     let path = Path::new(source);
     let folder = if path.is_dir() {
         path.to_path_buf()
@@ -79,14 +83,19 @@ fn looks_like_hub_id(s: &str) -> bool {
     !s.starts_with('.')
         && (1..=2).contains(&parts.len())
         && parts.iter().all(|p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         })
         && parts.len() == 2
 }
 
 /// Downloads the three files of a hub model into the hub cache (the `HF_HOME` convention).
 fn fetch_from_hub(id: &str) -> Result<PathBuf, LoadError> {
-    let hub_err = |problem: String| LoadError::Hub { id: id.to_string(), problem };
+    let hub_err = |problem: String| LoadError::Hub {
+        id: id.to_string(),
+        problem,
+    };
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(false)
         .build()
@@ -94,14 +103,21 @@ fn fetch_from_hub(id: &str) -> Result<PathBuf, LoadError> {
     let repo = api.model(id.to_string());
     let mut folder = None;
     for file in REQUIRED_FILES {
-        let p = repo.get(file).map_err(|e| hub_err(format!("{file}: {e} (is the hub reachable? set HF_HUB_OFFLINE or use a local folder)")))?;
+        let p = repo.get(file).map_err(|e| {
+            hub_err(format!(
+                "{file}: {e} (is the hub reachable? set HF_HUB_OFFLINE or use a local folder)"
+            ))
+        })?;
         folder = p.parent().map(Path::to_path_buf);
     }
     folder.ok_or_else(|| hub_err("no files".into()))
 }
 
 fn bad(file: &Path, problem: impl Into<String>) -> LoadError {
-    LoadError::BadFile { file: file.to_path_buf(), problem: problem.into() }
+    LoadError::BadFile {
+        file: file.to_path_buf(),
+        problem: problem.into(),
+    }
 }
 
 /// sha256 of a file, hex.
@@ -120,14 +136,23 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 /// Loads a folder that holds the three files.
-pub fn load_folder(folder: &Path, id: &str, zero_shot: &ZeroShotConfig, options: &LoadOptions) -> Result<LoadedModel, LoadError> {
+pub fn load_folder(
+    folder: &Path,
+    id: &str,
+    zero_shot: &ZeroShotConfig,
+    options: &LoadOptions,
+) -> Result<LoadedModel, LoadError> {
     for file in REQUIRED_FILES {
         if !folder.join(file).is_file() {
-            return Err(LoadError::MissingFile { folder: folder.to_path_buf(), file });
+            return Err(LoadError::MissingFile {
+                folder: folder.to_path_buf(),
+                file,
+            });
         }
     }
     let config_path = folder.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| bad(&config_path, e.to_string()))?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| bad(&config_path, e.to_string()))?;
     let cfg = EncoderConfig::from_json(&text).map_err(|e| bad(&config_path, e))?;
 
     let weights_path = folder.join("model.safetensors");
@@ -137,29 +162,59 @@ pub fn load_folder(folder: &Path, id: &str, zero_shot: &ZeroShotConfig, options:
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
         .map_err(|e| bad(&weights_path, format!("cannot read safetensors: {e}")))?;
     let prefix = encoder_prefix(&vb, cfg.architecture);
-    let root = if prefix.is_empty() { vb.clone() } else { vb.pp(prefix) };
-    let encoder = Encoder::load(root, &cfg, options.differentiable)
-        .map_err(|e| bad(&weights_path, format!("weights do not match config.json ({} architecture): {e}", cfg.architecture.name())))?;
+    let root = if prefix.is_empty() {
+        vb.clone()
+    } else {
+        vb.pp(prefix)
+    };
+    let encoder = Encoder::load(root, &cfg, options.differentiable).map_err(|e| {
+        bad(
+            &weights_path,
+            format!(
+                "weights do not match config.json ({} architecture): {e}",
+                cfg.architecture.name()
+            ),
+        )
+    })?;
 
     let tokenizer_path = folder.join("tokenizer.json");
     let max_len = cfg.max_len();
-    let text_encoder = TextEncoder::from_file(&tokenizer_path, max_len).map_err(|e| bad(&tokenizer_path, e))?;
+    let text_encoder =
+        TextEncoder::from_file(&tokenizer_path, max_len).map_err(|e| bad(&tokenizer_path, e))?;
     let pad_id = text_encoder.pad_id();
 
     let (head, labels, head_name, problem_type) = match &cfg.classifier_labels {
         Some(labels) => {
-            let head = Head::load_classifier(&vb, &cfg, labels.len())
-                .map_err(|e| bad(&weights_path, format!("classification head does not match config.json: {e}")))?;
-            (head, labels.clone(), "classifier".to_string(), cfg.problem_type)
+            let head = Head::load_classifier(&vb, &cfg, labels.len()).map_err(|e| {
+                bad(
+                    &weights_path,
+                    format!("classification head does not match config.json: {e}"),
+                )
+            })?;
+            (
+                head,
+                labels.clone(),
+                "classifier".to_string(),
+                cfg.problem_type,
+            )
         }
         None => {
             zero_shot.validate().map_err(LoadError::ZeroShot)?;
             let encode = |p: &str| {
-                text_encoder.encode(p, true).map(|e| e.ids).map_err(|e| format!("prompt \"{p}\": {e}"))
+                text_encoder
+                    .encode(p, true)
+                    .map(|e| e.ids)
+                    .map_err(|e| format!("prompt \"{p}\": {e}"))
             };
-            let head = EncoderClassifier::zero_shot_head(&encoder, zero_shot, encode, pad_id).map_err(LoadError::ZeroShot)?;
+            let head = EncoderClassifier::zero_shot_head(&encoder, zero_shot, encode, pad_id)
+                .map_err(LoadError::ZeroShot)?;
             let labels = zero_shot.labels.iter().map(|l| l.name.clone()).collect();
-            (head, labels, format!("zero-shot:{}", zero_shot.name), ProblemType::SingleLabel)
+            (
+                head,
+                labels,
+                format!("zero-shot:{}", zero_shot.name),
+                ProblemType::SingleLabel,
+            )
         }
     };
     let sha256 = sha256_file(&weights_path).map_err(|e| bad(&weights_path, e.to_string()))?;

@@ -58,7 +58,12 @@ impl Row {
     /// A plain row: ids, zero token types, no head mask, no attentions.
     pub fn new(ids: Vec<u32>) -> Self {
         let n = ids.len();
-        Self { ids, type_ids: vec![0; n], head_mask: HeadMask::default(), attentions: false }
+        Self {
+            ids,
+            type_ids: vec![0; n],
+            head_mask: HeadMask::default(),
+            attentions: false,
+        }
     }
     pub fn len(&self) -> usize {
         self.ids.len()

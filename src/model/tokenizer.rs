@@ -53,7 +53,8 @@ pub struct TextEncoder {
 impl TextEncoder {
     /// Loads `tokenizer.json` and switches its padding and truncation off.
     pub fn from_file(path: &Path, max_len: usize) -> Result<Self, String> {
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut tokenizer =
+            Tokenizer::from_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)
@@ -62,7 +63,13 @@ impl TextEncoder {
         let pad_id = find(&["[PAD]", "<pad>"]).unwrap_or(0);
         let mask_id = find(&["[MASK]", "<mask>"]);
         let unk_id = find(&["[UNK]", "<unk>"]);
-        Ok(Self { tokenizer, max_len, pad_id, mask_id, unk_id })
+        Ok(Self {
+            tokenizer,
+            max_len,
+            pad_id,
+            mask_id,
+            unk_id,
+        })
     }
 
     /// The model's maximum length in tokens, special tokens included.
@@ -94,7 +101,11 @@ impl TextEncoder {
             type_ids: enc.get_type_ids().to_vec(),
             tokens: enc.get_tokens().to_vec(),
             offsets: enc.get_offsets().to_vec(),
-            special: enc.get_special_tokens_mask().iter().map(|&m| m == 1).collect(),
+            special: enc
+                .get_special_tokens_mask()
+                .iter()
+                .map(|&m| m == 1)
+                .collect(),
             truncated: false,
         };
         for (i, s) in out.special.iter().enumerate() {
@@ -104,7 +115,10 @@ impl TextEncoder {
         }
         if out.len() > self.max_len {
             if !truncate {
-                return Err(TokenizeError::TooLong { tokens: out.len(), max: self.max_len });
+                return Err(TokenizeError::TooLong {
+                    tokens: out.len(),
+                    max: self.max_len,
+                });
             }
             // Keep the leading specials and the trailing special token(s); cut the content.
             let tail = out.special.iter().rev().take_while(|s| **s).count();

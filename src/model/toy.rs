@@ -33,7 +33,12 @@ pub struct ToyClassifier {
 }
 
 impl ToyClassifier {
-    pub fn new(labels: Vec<String>, weights: HashMap<u32, Vec<f32>>, bias: Vec<f32>, output: ToyOutput) -> Self {
+    pub fn new(
+        labels: Vec<String>,
+        weights: HashMap<u32, Vec<f32>>,
+        bias: Vec<f32>,
+        output: ToyOutput,
+    ) -> Self {
         assert_eq!(labels.len(), bias.len(), "one bias per label");
         let info = ModelInfo {
             id: "toy-linear".into(),
@@ -47,7 +52,14 @@ impl ToyClassifier {
             hidden_size: 4,
             max_len: 512,
         };
-        Self { info, weights, bias, output, batches: AtomicUsize::new(0), rows: AtomicUsize::new(0) }
+        Self {
+            info,
+            weights,
+            bias,
+            output,
+            batches: AtomicUsize::new(0),
+            rows: AtomicUsize::new(0),
+        }
     }
 
     /// Logits of one row.
@@ -97,7 +109,11 @@ impl Classifier for ToyClassifier {
                     ToyOutput::Softmax => softmax(&logits),
                     ToyOutput::Identity => logits.clone(),
                 };
-                Ok(RowOutput { logits, probabilities, attentions: None })
+                Ok(RowOutput {
+                    logits,
+                    probabilities,
+                    attentions: None,
+                })
             })
             .collect()
     }

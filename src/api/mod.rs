@@ -1,0 +1,113 @@
+//! The HTTP edge: the router, shared state, errors, DTOs and the OpenAPI document. The only
+//! layer that knows about axum; below it everything speaks domain types.
+//!
+//! [`app`] builds the whole router from an [`AppState`] and is kept apart from `main`, so tests
+//! drive it with `tower::ServiceExt::oneshot` or serve it on port 0 with [`serve`].
+
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod observe;
+pub mod openapi;
+pub mod ops;
+pub mod predict;
+pub mod scope;
+mod serve;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::{Config, ConfigError, EffectiveLimits};
+use crate::engine::{Engine, EngineError};
+use crate::model::{Classifier, ModelInfo, TextEncoder};
+use crate::telemetry;
+use error::ApiError;
+use scope::row_of;
+
+pub use serve::{serve, termination_signal};
+
+/// Everything a handler needs, cheap to clone (handles and `Arc`s).
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub engine: Engine,
+    pub encoder: Arc<TextEncoder>,
+    pub model: Arc<ModelInfo>,
+    /// Limits resolved against the model (`max_input_tokens = 0` means the model's maximum).
+    pub limits: Arc<EffectiveLimits>,
+    pub metrics: PrometheusHandle,
+}
+
+/// A short text run through the model before readiness, so the first user request does not pay
+/// the one-off costs of the first forward pass.
+const WARM_UP_TEXT: &str = "Warming up: the quick brown fox jumps over the lazy dog.";
+
+impl AppState {
+    /// Checks the configuration against the model and starts the engine (not yet warm).
+    pub fn new(
+        config: Config,
+        classifier: Arc<dyn Classifier>,
+        encoder: TextEncoder,
+    ) -> Result<Self, ConfigError> {
+        let model = Arc::new(classifier.info().clone());
+        let limits = Arc::new(config.effective_limits(&model)?);
+        let engine = Engine::start(classifier, config.engine.clone());
+        Ok(Self {
+            config: Arc::new(config),
+            engine,
+            encoder: Arc::new(encoder),
+            model,
+            limits,
+            metrics: telemetry::metrics_handle(),
+        })
+    }
+
+    /// Runs one forward pass; afterwards `/ready` answers 200.
+    pub async fn warm_up(&self) -> Result<Duration, EngineError> {
+        let encoding = self
+            .encoder
+            .encode(WARM_UP_TEXT, true)
+            .map_err(|e| EngineError::Internal(format!("cannot encode the warm-up text: {e}")))?;
+        self.engine.warm_up(vec![row_of(&encoding)]).await
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.engine.is_ready()
+    }
+}
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    let docs = SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json"));
+    Router::new()
+        .route("/predict", post(predict::predict))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/info", get(ops::info))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi_json))
+        .merge(docs)
+        // After every route, so that it applies to all of them.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
+        .layer(middleware::from_fn(observe::observe))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(request.uri().path().to_string())
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+        path: request.uri().path().to_string(),
+    }
+}

@@ -1,0 +1,49 @@
+//! The OpenAPI document, generated from the handlers' annotations. `glassbox openapi` prints
+//! it, `openapi/openapi.json` is that output, and a test fails when the two differ.
+
+use std::sync::OnceLock;
+
+use utoipa::OpenApi;
+
+use super::{dto, error, ops, predict};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "glassbox",
+        description = "Explains what a BERT text classifier does. Every error has the shape \
+            `{\"error\": {\"code\", \"message\", \"details\"}}`; every response carries `x-request-id` \
+            and `x-total-time`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(predict::predict, ops::health, ops::ready, ops::info, ops::metrics, ops::openapi_json),
+    components(schemas(
+        error::ErrorBody,
+        error::ErrorDetail,
+        dto::ModelRef,
+        dto::Prediction,
+        dto::LabelScore,
+        dto::Usage,
+    )),
+    tags(
+        (name = "predict", description = "Classification"),
+        (name = "operations", description = "Health, readiness, metadata, metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The document as pretty JSON with a final newline (the form committed to the repository).
+pub fn document_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| {
+        let mut json = document()
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes");
+        json.push('\n');
+        json
+    })
+}

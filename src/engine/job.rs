@@ -1,0 +1,115 @@
+//! One job's shared state: the rows' outputs as they arrive from batches, and the channel back
+//! to the waiting caller. Shared between the caller (through the queue) and the workers.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{lock, EngineError};
+use crate::model::{Row, RowOutput};
+
+/// What a finished job hands back to `Engine::evaluate`: one output per distinct row.
+pub(crate) struct Completed {
+    pub outputs: Vec<RowOutput>,
+    /// Wall time of the batches that held this job's rows, summed.
+    pub inference: Duration,
+    pub tokens_evaluated: usize,
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<Completed, EngineError>>;
+
+pub(crate) struct JobState {
+    pub id: u64,
+    pub deadline: Option<Instant>,
+    progress: Mutex<Progress>,
+}
+
+struct Progress {
+    /// Per distinct row; cache hits are filled in before the job is queued.
+    outputs: Vec<Option<RowOutput>>,
+    missing: usize,
+    inference: Duration,
+    tokens_evaluated: usize,
+    /// Taken when the job completes or fails, so it is answered exactly once.
+    reply: Option<Reply>,
+}
+
+impl JobState {
+    pub fn new(
+        id: u64,
+        deadline: Option<Instant>,
+        outputs: Vec<Option<RowOutput>>,
+        reply: Reply,
+    ) -> Self {
+        let missing = outputs.iter().filter(|o| o.is_none()).count();
+        let progress = Progress {
+            outputs,
+            missing,
+            inference: Duration::ZERO,
+            tokens_evaluated: 0,
+            reply: Some(reply),
+        };
+        Self {
+            id,
+            deadline,
+            progress: Mutex::new(progress),
+        }
+    }
+
+    /// True when nobody waits for this job any more (answered, or the caller went away), so its
+    /// remaining rows are wasted work.
+    pub fn is_abandoned(&self) -> bool {
+        lock(&self.progress)
+            .reply
+            .as_ref()
+            .is_none_or(|reply| reply.is_closed())
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|deadline| deadline <= now)
+    }
+
+    /// Records the outputs of this job's rows from one batch that took `elapsed`; answers the
+    /// caller when the last row arrives.
+    pub fn deliver<'a>(
+        &self,
+        results: impl Iterator<Item = (usize, &'a Row, &'a RowOutput)>,
+        elapsed: Duration,
+    ) {
+        let mut progress = lock(&self.progress);
+        if progress.reply.is_none() {
+            return;
+        }
+        progress.inference += elapsed;
+        for (slot, row, output) in results {
+            if progress.outputs[slot].is_none() {
+                progress.outputs[slot] = Some(output.clone());
+                progress.missing -= 1;
+                progress.tokens_evaluated += row.len();
+            }
+        }
+        if progress.missing == 0 {
+            let completed = Completed {
+                outputs: progress
+                    .outputs
+                    .drain(..)
+                    .map(|o| o.expect("every slot is filled"))
+                    .collect(),
+                inference: progress.inference,
+                tokens_evaluated: progress.tokens_evaluated,
+            };
+            if let Some(reply) = progress.reply.take() {
+                // The caller may have gone away meanwhile; then nobody needs the answer.
+                let _ = reply.send(Ok(completed));
+            }
+        }
+    }
+
+    /// Answers the caller with an error (first answer wins).
+    pub fn fail(&self, error: EngineError) {
+        if let Some(reply) = lock(&self.progress).reply.take() {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
