@@ -13,6 +13,11 @@ use glassbox::model::loader::LoadOptions;
 use glassbox::model::{load_model, LoadedModel};
 use glassbox::telemetry;
 
+/// mimalloc keeps freed pages for reuse: with the system allocator every large tensor of a
+/// forward pass was a fresh mmap, and page faults took about a tenth of inference time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve(args) => serve(args),

@@ -49,6 +49,10 @@ impl Dense {
 
     /// `x @ W + b` over the last dimension of a tensor of any rank.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.is_contiguous() && !x.track_op() {
+            // Inference: one gemm that accumulates into the broadcast bias.
+            return kernels::linear(x, &self.weight_t, &self.bias);
+        }
         self.matmul(x)?.broadcast_add(&self.bias)
     }
 

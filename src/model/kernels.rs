@@ -44,7 +44,12 @@ fn exp_f32(x: f32) -> f32 {
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let fx = (x * LOG2E + ROUND) - ROUND;
+    // Round x*log2(e) to the nearest integer n with the magic-number trick: the sum's low
+    // mantissa bits hold n, so 2^n is built with integer ops (a float->int `as` cast would be
+    // saturating and scalarised, which costs more than the whole polynomial).
+    let shifted = x * LOG2E + ROUND;
+    let fx = shifted - ROUND;
+    let n = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     let r = x - fx * C1 - fx * C2;
     let mut y = 1.987_569_1e-4_f32;
     y = y * r + 1.398_199_9e-3;
@@ -53,7 +58,7 @@ fn exp_f32(x: f32) -> f32 {
     y = y * r + 1.666_666_5e-1;
     y = y * r + 0.5;
     y = y * r * r + r + 1.0;
-    let scale = f32::from_bits(((fx as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(n.wrapping_add(127) << 23);
     y * scale
 }
 
@@ -108,21 +113,46 @@ fn bias_gelu_rows(src: &[f32], bias: &[f32], dst: &mut [f32]) {
 }
 multiversion!(bias_gelu_dispatch, bias_gelu_rows, (src: &[f32], bias: &[f32], dst: &mut [f32]));
 
+/// Lanes of the partial sums: float addition is not associative, so the compiler will not
+/// vectorise a plain `sum += x` loop; accumulating 16 independent sums lets it.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += *x;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn lane_max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a = a.max(*x);
+        }
+    }
+    acc.iter().fold(tail, |m, x| m.max(*x))
+}
+
 #[inline(always)]
 fn masked_softmax_row(src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32]) {
-    let mut max = f32::NEG_INFINITY;
     for ((d, s), b) in dst.iter_mut().zip(src).zip(key_bias) {
-        let v = *s * scale + *b;
-        *d = v;
-        max = max.max(v);
+        *d = *s * scale + *b;
     }
-    let mut sum = 0.0f32;
+    let max = lane_max(dst);
     for d in dst.iter_mut() {
-        let e = exp_f32(*d - max);
-        *d = e;
-        sum += e;
+        *d = exp_f32(*d - max);
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lane_sum(dst);
     for d in dst.iter_mut() {
         *d *= inv;
     }
@@ -137,32 +167,26 @@ fn masked_softmax_rows(src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32
 multiversion!(masked_softmax_dispatch, masked_softmax_rows, (src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32]));
 
 #[inline(always)]
-fn add_layer_norm_rows(
-    x: &[f32],
-    res: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    dst: &mut [f32],
-) {
+fn add_layer_norm_rows(x: &[f32], res: &[f32], gamma: &[f32], beta: &[f32], eps: f32, dst: &mut [f32]) {
     let h = gamma.len();
-    for ((xr, rr), dr) in x
-        .chunks_exact(h)
-        .zip(res.chunks_exact(h))
-        .zip(dst.chunks_exact_mut(h))
-    {
-        let mut sum = 0.0f32;
+    for ((xr, rr), dr) in x.chunks_exact(h).zip(res.chunks_exact(h)).zip(dst.chunks_exact_mut(h)) {
         for ((d, a), b) in dr.iter_mut().zip(xr).zip(rr) {
             *d = *a + *b;
-            sum += *d;
         }
-        let mean = sum / h as f32;
-        let mut var = 0.0f32;
+        let mean = lane_sum(dr) / h as f32;
         for d in dr.iter_mut() {
             *d -= mean;
-            var += *d * *d;
         }
-        let inv = 1.0 / (var / h as f32 + eps).sqrt();
+        let mut var = [0f32; LANES];
+        let chunks = dr.chunks_exact(LANES);
+        let tail: f32 = chunks.remainder().iter().map(|d| d * d).sum();
+        for c in chunks {
+            for (a, d) in var.iter_mut().zip(c) {
+                *a += *d * *d;
+            }
+        }
+        let var = (var.iter().sum::<f32>() + tail) / h as f32;
+        let inv = 1.0 / (var + eps).sqrt();
         for ((d, g), b) in dr.iter_mut().zip(gamma).zip(beta) {
             *d = *d * inv * *g + *b;
         }
@@ -472,6 +496,66 @@ pub fn fused_attention(
     )
 }
 
+/// `x @ W + b` for a `[N, K]` input and a pre-transposed `[K, M]` weight: the output starts
+/// as the bias broadcast over rows and one `gemm` call accumulates the product into it, so the
+/// bias costs no extra pass over the output (candle's matmul + broadcast_add reads and writes
+/// it twice).
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "glassbox-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, "linear input")?;
+        let w = contiguous(s2, l2, "linear weight")?;
+        let bias = contiguous(s3, l3, "linear bias")?;
+        let &[k, m] = l2.dims() else { candle_core::bail!("linear: weight must be [K, M], got {:?}", l2.dims()) };
+        let dims = l1.dims();
+        if dims.last() != Some(&k) || bias.len() != m {
+            candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?}", dims, l2.dims(), l3.dims());
+        }
+        let n = x.len() / k;
+        let mut out = Vec::with_capacity(n * m);
+        for _ in 0..n {
+            out.extend_from_slice(bias);
+        }
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 && n * m * k >= 1 << 16 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: `out` is `n x m` row-major, `x` is `n x k` row-major, `w` is `k x m`
+        // row-major; the strides below describe exactly those buffers.
+        unsafe {
+            gemm::gemm(
+                n, m, k,
+                out.as_mut_ptr(), 1, m as isize, true,
+                x.as_ptr(), 1, k as isize,
+                w.as_ptr(), 1, m as isize,
+                1.0, 1.0, false, false, false, parallelism,
+            );
+        }
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = m;
+        Ok((CpuStorage::F32(out), Shape::from_dims(&out_dims)))
+    }
+}
+
+/// `x @ W + b` with a pre-transposed contiguous `[K, M]` weight (inference only).
+pub fn linear(x: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op3_no_bwd(weight_t, bias, &Linear)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,5 +686,19 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-5, "attention diff {d}");
+    }
+
+    #[test]
+    fn linear_matches_matmul_plus_bias() {
+        let dev = candle_core::Device::Cpu;
+        for (n, k, m) in [(1, 3, 2), (7, 16, 5), (64, 48, 96)] {
+            let x = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (k, m), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, m, &dev).unwrap();
+            let got = linear(&x, &w, &b).unwrap();
+            let want = x.matmul(&w).unwrap().broadcast_add(&b).unwrap();
+            let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-4, "linear diff {d} at {n}x{k}x{m}");
+        }
     }
 }
