@@ -6,6 +6,8 @@
 //! [`DirectEvaluator`] over a toy linear classifier with known answers.
 
 pub mod features;
+pub mod lime;
+pub mod regression;
 pub mod word_chars;
 
 use std::future::Future;
