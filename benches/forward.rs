@@ -55,7 +55,13 @@ fn matmul_peak() -> f64 {
 fn cpu_times() -> Option<(f64, f64)> {
     let tick = 100.0; // USER_HZ on Linux
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu: Vec<f64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let cpu: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
     let busy = cpu.iter().sum::<f64>() - cpu.get(3)? - cpu.get(4).unwrap_or(&0.0);
     let own = std::fs::read_to_string("/proc/self/stat").ok()?;
     let fields: Vec<&str> = own.rsplit(')').next()?.split_whitespace().collect();
@@ -66,7 +72,9 @@ fn cpu_times() -> Option<(f64, f64)> {
 /// Runs `f` and reports the share of all CPUs that *other* processes used meanwhile, as the
 /// baseline's LoadMonitor does, so a measurement disturbed by another program can be retried.
 fn other_cpu_frac<T>(f: impl FnOnce() -> T) -> (T, f64) {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
     let before = cpu_times();
     let t = Instant::now();
     let out = f();

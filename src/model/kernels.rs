@@ -134,7 +134,10 @@ fn lane_sum(v: &[f32]) -> f32 {
 fn lane_max(v: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = v.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, x| m.max(*x));
     for c in chunks {
         for (a, x) in acc.iter_mut().zip(c) {
             *a = a.max(*x);
@@ -167,9 +170,20 @@ fn masked_softmax_rows(src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32
 multiversion!(masked_softmax_dispatch, masked_softmax_rows, (src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32]));
 
 #[inline(always)]
-fn add_layer_norm_rows(x: &[f32], res: &[f32], gamma: &[f32], beta: &[f32], eps: f32, dst: &mut [f32]) {
+fn add_layer_norm_rows(
+    x: &[f32],
+    res: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    dst: &mut [f32],
+) {
     let h = gamma.len();
-    for ((xr, rr), dr) in x.chunks_exact(h).zip(res.chunks_exact(h)).zip(dst.chunks_exact_mut(h)) {
+    for ((xr, rr), dr) in x
+        .chunks_exact(h)
+        .zip(res.chunks_exact(h))
+        .zip(dst.chunks_exact_mut(h))
+    {
         for ((d, a), b) in dr.iter_mut().zip(xr).zip(rr) {
             *d = *a + *b;
         }
@@ -518,10 +532,17 @@ impl CustomOp3 for Linear {
         let x = contiguous(s1, l1, "linear input")?;
         let w = contiguous(s2, l2, "linear weight")?;
         let bias = contiguous(s3, l3, "linear bias")?;
-        let &[k, m] = l2.dims() else { candle_core::bail!("linear: weight must be [K, M], got {:?}", l2.dims()) };
+        let &[k, m] = l2.dims() else {
+            candle_core::bail!("linear: weight must be [K, M], got {:?}", l2.dims())
+        };
         let dims = l1.dims();
         if dims.last() != Some(&k) || bias.len() != m {
-            candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?}", dims, l2.dims(), l3.dims());
+            candle_core::bail!(
+                "linear: input {:?}, weight {:?}, bias {:?}",
+                dims,
+                l2.dims(),
+                l3.dims()
+            );
         }
         let n = x.len() / k;
         let mut out = Vec::with_capacity(n * m);
@@ -538,11 +559,25 @@ impl CustomOp3 for Linear {
         // row-major; the strides below describe exactly those buffers.
         unsafe {
             gemm::gemm(
-                n, m, k,
-                out.as_mut_ptr(), 1, m as isize, true,
-                x.as_ptr(), 1, k as isize,
-                w.as_ptr(), 1, m as isize,
-                1.0, 1.0, false, false, false, parallelism,
+                n,
+                m,
+                k,
+                out.as_mut_ptr(),
+                1,
+                m as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                1,
+                m as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
             );
         }
         let mut out_dims = dims.to_vec();
@@ -697,7 +732,14 @@ mod tests {
             let b = Tensor::randn(0f32, 1.0, m, &dev).unwrap();
             let got = linear(&x, &w, &b).unwrap();
             let want = x.matmul(&w).unwrap().broadcast_add(&b).unwrap();
-            let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d < 1e-4, "linear diff {d} at {n}x{k}x{m}");
         }
     }
