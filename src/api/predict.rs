@@ -66,7 +66,7 @@ pub async fn predict(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PredictRequest>,
 ) -> Result<Response, ApiError> {
-    let mut scope = RequestScope::begin(&state)?;
+    let scope = RequestScope::begin(&state)?;
     let (texts, single) = match (request.text, request.texts) {
         (Some(text), None) => (vec![text], true),
         (None, Some(texts)) if !texts.is_empty() => (texts, false),

@@ -11,6 +11,8 @@
 //! Ok(scope.respond(&body))
 //! ```
 
+use std::future::Future;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
@@ -22,6 +24,7 @@ use super::dto::Usage;
 use super::error::ApiError;
 use super::AppState;
 use crate::engine::JobOptions;
+use crate::explain::{Evaluator, Usage as ExplainUsage};
 use crate::model::tokenizer::TokenizeError;
 use crate::model::{Encoding, Row, RowOutput};
 
@@ -30,7 +33,8 @@ pub struct RequestScope {
     state: AppState,
     started: Instant,
     deadline: Instant,
-    usage: Usage,
+    /// Behind a lock so explanation methods can share the scope as an [`Evaluator`].
+    usage: Mutex<Usage>,
 }
 
 impl RequestScope {
@@ -47,7 +51,7 @@ impl RequestScope {
             state: state.clone(),
             started,
             deadline,
-            usage: Usage::default(),
+            usage: Mutex::new(Usage::default()),
         })
     }
 
@@ -100,7 +104,7 @@ impl RequestScope {
     }
 
     /// Runs rows through the engine under this request's deadline; one output per row, in order.
-    pub async fn evaluate(&mut self, rows: Vec<Row>) -> Result<Vec<RowOutput>, ApiError> {
+    pub async fn evaluate(&self, rows: Vec<Row>) -> Result<Vec<RowOutput>, ApiError> {
         let options = JobOptions {
             deadline: Some(self.deadline),
             bypass_cache: false,
@@ -112,7 +116,8 @@ impl RequestScope {
             .evaluate(rows, options)
             .await
             .map_err(|e| ApiError::from_engine(e, timeout_ms))?;
-        let (usage, stats) = (&mut self.usage, &result.stats);
+        let stats = &result.stats;
+        let mut usage = self.usage.lock().expect("usage lock");
         usage.model_evaluations += stats.model_evaluations();
         usage.tokens_evaluated += stats.tokens_evaluated;
         usage.cache_hits += stats.cache_hits;
@@ -123,7 +128,7 @@ impl RequestScope {
 
     /// What the request has cost so far, `total_ms` measured now.
     pub fn usage(&self) -> Usage {
-        let usage = &self.usage;
+        let usage = self.usage.lock().expect("usage lock");
         Usage {
             queue_ms: round_ms(usage.queue_ms),
             inference_ms: round_ms(usage.inference_ms),
@@ -136,11 +141,35 @@ impl RequestScope {
     /// (milliseconds); `x-total-time` and `x-request-id` are added for every route by the
     /// request middleware.
     pub fn respond<T: Serialize>(&self, body: &T) -> Response {
+        let usage = self.usage();
         let mut response = Json(body).into_response();
         let headers = response.headers_mut();
-        headers.insert("x-queue-time", millis(self.usage.queue_ms));
-        headers.insert("x-inference-time", millis(self.usage.inference_ms));
+        headers.insert("x-queue-time", millis(usage.queue_ms));
+        headers.insert("x-inference-time", millis(usage.inference_ms));
         response
+    }
+}
+
+/// Explanation methods run their rows through the request's scope: same deadline, same usage.
+impl Evaluator for RequestScope {
+    type Error = ApiError;
+
+    fn evaluate(
+        &self,
+        rows: Vec<Row>,
+    ) -> impl Future<Output = Result<Vec<RowOutput>, ApiError>> + Send {
+        RequestScope::evaluate(self, rows)
+    }
+
+    fn usage(&self) -> ExplainUsage {
+        let usage = self.usage.lock().expect("usage lock");
+        ExplainUsage {
+            model_evaluations: usage.model_evaluations,
+            tokens_evaluated: usage.tokens_evaluated,
+            cache_hits: usage.cache_hits,
+            queue_ms: usage.queue_ms,
+            inference_ms: usage.inference_ms,
+        }
     }
 }
 
