@@ -6,6 +6,7 @@
 
 pub mod dto;
 pub mod error;
+pub mod explain;
 pub mod extract;
 pub mod observe;
 pub mod openapi;
