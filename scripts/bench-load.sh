@@ -35,7 +35,7 @@ LUAEOF
 
 start_server() {
     GLASSBOX_ENGINE__CACHE_ROWS=0 GLASSBOX_LOG__LEVEL=warn "$@" \
-        target/release/glassbox serve --model models/all-MiniLM-L6-v2 --port "$PORT" >&2 &
+        "${CARGO_TARGET_DIR:-target}/release/glassbox" serve --model models/all-MiniLM-L6-v2 --port "$PORT" >&2 &
     PID=$!
     for _ in $(seq 1 300); do
         curl -fs "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1 && return 0

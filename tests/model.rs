@@ -79,7 +79,10 @@ fn load_tiny(name: &str, differentiable: bool) -> LoadedModel {
     load_model(
         dir.to_str().unwrap(),
         &ZeroShotConfig::default(),
-        &LoadOptions { differentiable },
+        &LoadOptions {
+            differentiable,
+            ..Default::default()
+        },
     )
     .unwrap()
 }
@@ -113,7 +116,13 @@ fn encode_row(
     }
     let out = ec
         .encoder()
-        .forward(&b.input(), ForwardOptions { attentions: true })
+        .forward(
+            &b.input(),
+            ForwardOptions {
+                attentions: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let h = out
         .last_hidden_state

@@ -8,6 +8,7 @@ pub mod dto;
 pub mod error;
 pub mod explain;
 pub mod extract;
+pub mod lime;
 pub mod observe;
 pub mod openapi;
 pub mod ops;
@@ -88,6 +89,7 @@ pub fn app(state: AppState) -> Router {
     let docs = SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json"));
     Router::new()
         .route("/predict", post(predict::predict))
+        .route("/explain/lime", post(lime::explain_lime_route))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/info", get(ops::info))

@@ -16,7 +16,9 @@ use super::{dto, error, ops, predict};
             and `x-total-time`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(predict::predict, ops::health, ops::ready, ops::info, ops::metrics, ops::openapi_json),
+    paths(predict::predict, ops::health, ops::ready, ops::info, ops::metrics, ops::openapi_json,
+        crate::api::lime::explain_lime_route,
+    ),
     components(schemas(
         error::ErrorBody,
         error::ErrorDetail,
@@ -24,10 +26,13 @@ use super::{dto, error, ops, predict};
         dto::Prediction,
         dto::LabelScore,
         dto::Usage,
+        crate::api::lime::LimeRequest,
+        crate::api::lime::LimeResponse,
     )),
     tags(
         (name = "predict", description = "Classification"),
         (name = "operations", description = "Health, readiness, metadata, metrics"),
+        (name = "explain", description = "Explanations: which parts of the text drive the prediction"),
     )
 )]
 pub struct ApiDoc;

@@ -85,6 +85,7 @@ impl Head {
 
 /// Mean of `hidden` over real tokens (mask 1), L2-normalised: `[B, L, H]` -> `[B, H]`.
 pub fn mean_pool_normalised(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let mask = &mask.to_dtype(hidden.dtype())?;
     let m = mask.unsqueeze(2)?; // [B, L, 1]
     let summed = hidden.broadcast_mul(&m)?.sum(1)?; // [B, H]
     let counts = mask.sum_keepdim(1)?; // [B, 1]
@@ -300,6 +301,7 @@ impl Classifier for EncoderClassifier {
             &batch.input(),
             ForwardOptions {
                 attentions: want_attn,
+                ..Default::default()
             },
         )?;
         let logits = self.head.forward(&out.last_hidden_state, &batch.mask)?;

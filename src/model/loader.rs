@@ -39,10 +39,23 @@ impl LoadedModel {
 }
 
 /// Options that change how the weights are used.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Use the differentiable (unfused) LayerNorm and softmax everywhere.
+    /// Use the differentiable (unfused) LayerNorm and softmax everywhere. Not needed for
+    /// gradients: a call asks for the differentiable path with `ForwardOptions::differentiable`.
     pub differentiable: bool,
+    /// The dtype of the weights and activations: f32 (the default, what the fused kernels
+    /// take) or f64 (tests against finite differences; implies `differentiable`).
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            differentiable: false,
+            dtype: DType::F32,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,15 +172,18 @@ pub fn load_folder(
     let device = Device::Cpu;
     // SAFETY: the file is memory-mapped read-only; the service never writes model files, and
     // candle copies what it keeps into its own buffers at load.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
-        .map_err(|e| bad(&weights_path, format!("cannot read safetensors: {e}")))?;
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], options.dtype, &device) }
+            .map_err(|e| bad(&weights_path, format!("cannot read safetensors: {e}")))?;
     let prefix = encoder_prefix(&vb, cfg.architecture);
     let root = if prefix.is_empty() {
         vb.clone()
     } else {
         vb.pp(prefix)
     };
-    let encoder = Encoder::load(root, &cfg, options.differentiable).map_err(|e| {
+    // The fused kernels are f32-only: any other dtype takes the composite path everywhere.
+    let differentiable = options.differentiable || options.dtype != DType::F32;
+    let encoder = Encoder::load(root, &cfg, differentiable).map_err(|e| {
         bad(
             &weights_path,
             format!(

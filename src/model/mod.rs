@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod gradients;
 pub mod heads;
 pub mod kernels;
 pub mod loader;
