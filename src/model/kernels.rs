@@ -14,7 +14,9 @@
 //! Accuracy: `exp` is a Cephes-style polynomial (~2 ulp), `erf` is Abramowitz-Stegun 7.1.26
 //! (|error| < 1.5e-7); the golden tests hold these paths to 1e-4 like every other.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// Rows per rayon task: enough work to amortise scheduling.
@@ -101,17 +103,14 @@ macro_rules! multiversion {
 }
 
 #[inline(always)]
-fn bias_gelu_rows(src: &[f32], bias: &[f32], dst: &mut [f32]) {
-    for (s_row, d_row) in src
-        .chunks_exact(bias.len())
-        .zip(dst.chunks_exact_mut(bias.len()))
-    {
-        for ((d, s), b) in d_row.iter_mut().zip(s_row).zip(bias) {
-            *d = gelu_f32(*s + *b);
+fn bias_gelu_rows(buf: &mut [f32], bias: &[f32]) {
+    for row in buf.chunks_exact_mut(bias.len()) {
+        for (d, b) in row.iter_mut().zip(bias) {
+            *d = gelu_f32(*d + *b);
         }
     }
 }
-multiversion!(bias_gelu_dispatch, bias_gelu_rows, (src: &[f32], bias: &[f32], dst: &mut [f32]));
+multiversion!(bias_gelu_dispatch, bias_gelu_rows, (buf: &mut [f32], bias: &[f32]));
 
 /// Lanes of the partial sums: float addition is not associative, so the compiler will not
 /// vectorise a plain `sum += x` loop; accumulating 16 independent sums lets it.
@@ -170,22 +169,11 @@ fn masked_softmax_rows(src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32
 multiversion!(masked_softmax_dispatch, masked_softmax_rows, (src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32]));
 
 #[inline(always)]
-fn add_layer_norm_rows(
-    x: &[f32],
-    res: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    dst: &mut [f32],
-) {
+fn add_layer_norm_rows(buf: &mut [f32], res: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let h = gamma.len();
-    for ((xr, rr), dr) in x
-        .chunks_exact(h)
-        .zip(res.chunks_exact(h))
-        .zip(dst.chunks_exact_mut(h))
-    {
-        for ((d, a), b) in dr.iter_mut().zip(xr).zip(rr) {
-            *d = *a + *b;
+    for (dr, rr) in buf.chunks_exact_mut(h).zip(res.chunks_exact(h)) {
+        for (d, r) in dr.iter_mut().zip(rr) {
+            *d += *r;
         }
         let mean = lane_sum(dr) / h as f32;
         for d in dr.iter_mut() {
@@ -207,42 +195,56 @@ fn add_layer_norm_rows(
     }
 }
 multiversion!(add_layer_norm_dispatch, add_layer_norm_rows,
-    (x: &[f32], res: &[f32], gamma: &[f32], beta: &[f32], eps: f32, dst: &mut [f32]));
+    (buf: &mut [f32], res: &[f32], gamma: &[f32], beta: &[f32], eps: f32));
 
 // ---------------------------------------------------------------- candle custom ops
 
-/// `gelu(x + bias)` over the last dimension.
+/// The whole buffer of a contiguous f32 tensor, for in-place kernels.
+fn contiguous_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_mut_slice(),
+        _ => candle_core::bail!("{what}: only f32 is supported"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut data[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// `x <- gelu(x + bias)` over the last dimension, in place: the matmul output it reads is
+/// fresh and owned by the caller, so no new buffer (and no zeroing of one) is needed.
 struct BiasGelu;
 
-impl CustomOp2 for BiasGelu {
+impl InplaceOp2 for BiasGelu {
     fn name(&self) -> &'static str {
         "glassbox-bias-gelu"
     }
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
+        s1: &mut CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, "bias_gelu")?;
+    ) -> Result<()> {
         let bias = contiguous(s2, l2, "bias_gelu bias")?;
         let n = bias.len();
         if l1.dims().last() != Some(&n) {
             candle_core::bail!("bias_gelu: bias of {n} for input {:?}", l1.dims());
         }
-        let mut dst = vec![0f32; x.len()];
+        let x = contiguous_mut(s1, l1, "bias_gelu")?;
         let rows = chunk_rows(n, x.len() / n) * n;
-        dst.par_chunks_mut(rows)
-            .zip(x.par_chunks(rows))
-            .for_each(|(d, s)| bias_gelu_dispatch(s, bias, d));
-        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+        x.par_chunks_mut(rows)
+            .for_each(|chunk| bias_gelu_dispatch(chunk, bias));
+        Ok(())
     }
 }
 
-/// `gelu(x + bias)` (exact-form GELU), fused and parallel.
-pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2_no_bwd(bias, &BiasGelu)
+/// `gelu(x + bias)` (exact-form GELU), fused and parallel. Overwrites `x` when it is
+/// contiguous (callers pass a fresh matmul output they do not reuse) and returns it.
+pub fn bias_gelu_inplace(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    x.inplace_op2(bias, &BiasGelu)?;
+    Ok(x)
 }
 
 /// `softmax(scale * scores + key_bias)` over the last dimension of `[B, heads, Lq, Lk]`
@@ -298,25 +300,25 @@ pub fn masked_softmax(scores: &Tensor, key_bias: &Tensor, scale: f32) -> Result<
         .apply_op2_no_bwd(&key_bias.contiguous()?, &MaskedSoftmax { scale })
 }
 
-/// `LayerNorm(x + residual)` with `[2, H]` parameters (gamma row 0, beta row 1).
+/// `x <- LayerNorm(x + residual)` with `[2, H]` parameters (gamma row 0, beta row 1), in
+/// place on `x`.
 struct AddLayerNorm {
     eps: f32,
 }
 
-impl CustomOp3 for AddLayerNorm {
+impl InplaceOp3 for AddLayerNorm {
     fn name(&self) -> &'static str {
         "glassbox-add-layer-norm"
     }
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
+        s1: &mut CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
         s3: &CpuStorage,
         l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, "add_layer_norm")?;
+    ) -> Result<()> {
         let res = contiguous(s2, l2, "add_layer_norm residual")?;
         let params = contiguous(s3, l3, "add_layer_norm params")?;
         let h = params.len() / 2;
@@ -329,20 +331,28 @@ impl CustomOp3 for AddLayerNorm {
             );
         }
         let (gamma, beta) = params.split_at(h);
-        let mut dst = vec![0f32; x.len()];
+        let x = contiguous_mut(s1, l1, "add_layer_norm")?;
         let rows = chunk_rows(h, x.len() / h) * h;
         let eps = self.eps;
-        dst.par_chunks_mut(rows)
-            .zip(x.par_chunks(rows).zip(res.par_chunks(rows)))
-            .for_each(|(d, (xs, rs))| add_layer_norm_dispatch(xs, rs, gamma, beta, eps, d));
-        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+        x.par_chunks_mut(rows)
+            .zip(res.par_chunks(rows))
+            .for_each(|(xs, rs)| add_layer_norm_dispatch(xs, rs, gamma, beta, eps));
+        Ok(())
     }
 }
 
 /// `LayerNorm(x + residual)`, fused and parallel; `params` is `[2, H]` (gamma, beta).
-pub fn add_layer_norm(x: &Tensor, residual: &Tensor, params: &Tensor, eps: f32) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op3_no_bwd(&residual.contiguous()?, params, &AddLayerNorm { eps })
+/// Overwrites `x` when it is contiguous (callers pass a fresh sublayer output they do not
+/// reuse) and returns it.
+pub fn add_layer_norm_inplace(
+    x: &Tensor,
+    residual: &Tensor,
+    params: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    x.inplace_op3(&residual.contiguous()?, params, &AddLayerNorm { eps })?;
+    Ok(x)
 }
 
 /// Multi-head attention straight from the fused QKV projection, for rows that do not ask for
@@ -614,7 +624,7 @@ mod tests {
         let t = Tensor::new(xs.as_slice(), &candle_core::Device::Cpu).unwrap();
         let want = t.gelu_erf().unwrap().to_vec1::<f32>().unwrap();
         let zero = Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-        let got = bias_gelu(&t.reshape((xs.len(), 1)).unwrap(), &zero)
+        let got = bias_gelu_inplace(&t.reshape((xs.len(), 1)).unwrap(), &zero)
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -654,8 +664,8 @@ mod tests {
         let g = Tensor::randn(1f32, 0.1, 16, &dev).unwrap();
         let b = Tensor::randn(0f32, 0.1, 16, &dev).unwrap();
         let params = Tensor::stack(&[&g, &b], 0).unwrap();
-        let got = add_layer_norm(&x, &r, &params, 1e-12).unwrap();
         let want = candle_nn::ops::layer_norm_slow(&(&x + &r).unwrap(), &g, &b, 1e-12).unwrap();
+        let got = add_layer_norm_inplace(&x, &r, &params, 1e-12).unwrap();
         let d = (got - want)
             .unwrap()
             .abs()
