@@ -31,6 +31,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
 }
 
 /// The HTTP side.
@@ -50,6 +51,10 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Largest request body accepted, in bytes; larger bodies get 413 before being read whole.
     pub max_body_bytes: usize,
+    /// Browser origins allowed to call the API from another site (CORS), e.g.
+    /// `["https://dashboards.example.com"]`. Empty: no CORS headers, so browsers only allow
+    /// same-origin pages such as the built-in playground.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +65,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             max_body_bytes: 1024 * 1024,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -130,6 +136,58 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
         }
+    }
+}
+
+/// Who may call the service, and how often.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A file with one API key per line (`#` starts a comment). When it or `api_keys` gives any
+    /// key, every route except `exempt_paths` needs `Authorization: Bearer <key>`, else 401.
+    /// Keys are compared in constant time and never logged or reported.
+    pub api_keys_file: String,
+    /// API keys given directly, separated by commas; meant for the environment
+    /// (`GLASSBOX_AUTH__API_KEYS`, e.g. from a Kubernetes Secret), not for files in git.
+    pub api_keys: String,
+    /// Routes that never need a key: probes and scrapers.
+    pub exempt_paths: Vec<String>,
+    /// Requests per second allowed per API key (per client address when no keys are
+    /// configured); beyond it 429 with Retry-After. 0 switches rate limiting off.
+    pub rate_limit_per_second: f64,
+    /// Requests a key may make at once above the steady rate.
+    pub rate_limit_burst: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            api_keys_file: String::new(),
+            api_keys: String::new(),
+            exempt_paths: vec!["/health".into(), "/ready".into(), "/metrics".into()],
+            rate_limit_per_second: 0.0,
+            rate_limit_burst: 20,
+        }
+    }
+}
+
+/// Never prints the keys.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("api_keys_file", &self.api_keys_file)
+            .field(
+                "api_keys",
+                &if self.api_keys.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("exempt_paths", &self.exempt_paths)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .finish()
     }
 }
 
@@ -295,6 +353,34 @@ impl Config {
                 "engine.max_batch_tokens ({}) is below limits.max_input_tokens ({}): the longest input would not fit \
                  in a batch; raise engine.max_batch_tokens",
                 engine.max_batch_tokens, limits.max_input_tokens
+            ));
+        }
+        let auth = &self.auth;
+        if !(auth.rate_limit_per_second.is_finite() && auth.rate_limit_per_second >= 0.0) {
+            return invalid(format!(
+                "auth.rate_limit_per_second must be 0 (off) or a positive number of requests per second (got {})",
+                auth.rate_limit_per_second
+            ));
+        }
+        if auth.rate_limit_per_second > 0.0 && auth.rate_limit_burst == 0 {
+            return invalid(
+                "auth.rate_limit_burst must be at least 1 when rate limiting is on (default 20)"
+                    .into(),
+            );
+        }
+        if !auth.api_keys_file.is_empty() && !Path::new(&auth.api_keys_file).is_file() {
+            return invalid(format!(
+                "auth.api_keys_file {} does not exist; create it (one key per line) or leave the setting empty",
+                auth.api_keys_file
+            ));
+        }
+        if let Some(origin) = server
+            .cors_allowed_origins
+            .iter()
+            .find(|o| axum::http::HeaderValue::from_str(o).is_err() || !o.contains("://"))
+        {
+            return invalid(format!(
+                "server.cors_allowed_origins: \"{origin}\" is not an origin; use the form https://host[:port]"
             ));
         }
         if limits.max_num_samples < 2 {

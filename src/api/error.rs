@@ -32,6 +32,12 @@ pub enum ApiError {
     /// A well-formed request asking for something impossible; `field` names the culprit.
     #[error("{message}")]
     Validation { field: String, message: String },
+    /// API keys are configured and the request has none or a wrong one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller's key is over its rate limit.
+    #[error("rate limit exceeded; retry after {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     #[error("the model queue is full; retry after {retry_after_s} s")]
     Overloaded { retry_after_s: u64 },
     #[error("{0}")]
@@ -59,6 +65,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded { .. } | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -74,6 +82,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Validation { .. } => "validation_error",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::NotReady(_) => "not_ready",
             ApiError::Timeout { .. } => "timeout",
@@ -85,7 +95,9 @@ impl ApiError {
         match self {
             ApiError::Validation { field, .. } => json!({ "field": field }),
             ApiError::PayloadTooLarge { limit_bytes } => json!({ "limit_bytes": limit_bytes }),
-            ApiError::Overloaded { retry_after_s } => json!({ "retry_after_s": retry_after_s }),
+            ApiError::Overloaded { retry_after_s } | ApiError::RateLimited { retry_after_s } => {
+                json!({ "retry_after_s": retry_after_s })
+            }
             ApiError::Timeout { timeout_ms } => json!({ "timeout_ms": timeout_ms }),
             _ => json!({}),
         }
@@ -115,7 +127,8 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_json`, `not_found`, `method_not_allowed`,
-    /// `payload_too_large`, `unsupported_media_type`, `validation_error`, `overloaded`,
+    /// `payload_too_large`, `unsupported_media_type`, `validation_error`, `unauthorized`,
+    /// `rate_limited`, `overloaded`,
     /// `not_ready`, `timeout`, `internal`.
     pub code: String,
     /// For people; wording may change.
@@ -143,7 +156,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::Overloaded { retry_after_s } = self {
+        if let ApiError::Overloaded { retry_after_s } | ApiError::RateLimited { retry_after_s } =
+            self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));

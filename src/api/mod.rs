@@ -4,6 +4,7 @@
 //! [`app`] builds the whole router from an [`AppState`] and is kept apart from `main`, so tests
 //! drive it with `tower::ServiceExt::oneshot` or serve it on port 0 with [`serve`].
 
+pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod explain;
@@ -44,6 +45,8 @@ pub struct AppState {
     /// Limits resolved against the model (`max_input_tokens = 0` means the model's maximum).
     pub limits: Arc<EffectiveLimits>,
     pub metrics: PrometheusHandle,
+    /// API keys and rate limits.
+    pub access: Arc<auth::Access>,
 }
 
 /// A short text run through the model before readiness, so the first user request does not pay
@@ -59,6 +62,7 @@ impl AppState {
     ) -> Result<Self, ConfigError> {
         let model = Arc::new(classifier.info().clone());
         let limits = Arc::new(config.effective_limits(&model)?);
+        let access = Arc::new(auth::Access::from_config(&config.auth)?);
         let engine = Engine::start(classifier, config.engine.clone());
         Ok(Self {
             config: Arc::new(config),
@@ -67,6 +71,7 @@ impl AppState {
             model,
             limits,
             metrics: telemetry::metrics_handle(),
+            access,
         })
     }
 
@@ -100,8 +105,37 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.access.clone(),
+            auth::guard,
+        ))
         .layer(middleware::from_fn(observe::observe))
+        .layer(cors(&state.config.server.cors_allowed_origins))
         .with_state(state)
+}
+
+/// CORS for the configured origins only (none: browsers keep the same-origin policy).
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-queue-time"),
+            HeaderName::from_static("x-inference-time"),
+            HeaderName::from_static("x-total-time"),
+            header::RETRY_AFTER,
+        ])
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -25,9 +25,12 @@ pub async fn serve(
         );
         let _ = signalled.send(());
     };
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .into_future();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal)
+    .into_future();
     let grace_expired = async move {
         match on_signal.await {
             Ok(()) => tokio::time::sleep(grace).await,
