@@ -11,24 +11,41 @@ CARGO_TEST_FLAGS ?=
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 ARGS ?=
 
-.PHONY: help model test run openapi bench lint stress clean
+.PHONY: help model browser test screenshots run openapi bench lint stress clean
+.PHONY: validate-deploy measure-memory
+.PHONY: bench-lime test-slow
 
 help:
 	@echo "make model    fetch and verify all-MiniLM-L6-v2 into $(MODEL_DIR) (scripts/fetch-model.sh)"
+	@echo "make browser  install chromium and chromedriver for the UI end-to-end test (scripts/install-browser.sh)"
 	@echo "make test     cargo test --all-targets, then cargo test --doc (CARGO_TEST_FLAGS=...)"
+	@echo "make screenshots  PNGs of the playground's main views into docs/screenshots (default model)"
 	@echo "make run      serve the default model (ARGS=... for extra serve arguments)"
 	@echo "make openapi  write openapi/openapi.json"
 	@echo "make bench    Python baseline forward benchmark (scripts/bench.sh)"
+	@echo "make bench-lime  POST /explain/lime against Python lime, side by side (scripts/bench-lime.sh; ARGS=--quick)"
+	@echo "make test-slow   the slow LIME parity tests (release build, --ignored)"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
 	@echo "make stress   scripts/stress.sh, if present"
 	@echo "make clean    cargo clean and Python caches (keeps models/ and the user cache)"
+	@echo "make validate-deploy  check docker/ offline: lint, schemas, nginx in front of two replicas (scripts/validate-deploy.sh)"
+	@echo "make measure-memory   peak memory of one replica under load (scripts/measure-memory.sh)"
 
 model:
 	scripts/fetch-model.sh "$(MODEL_DIR)"
 
-test: model
+test: model browser
 	$(CARGO) test --all-targets $(CARGO_TEST_FLAGS)
 	$(CARGO) test --doc $(CARGO_TEST_FLAGS)
+
+# The UI end-to-end test (tests/ui_e2e.rs) drives a headless Chromium.
+browser:
+	scripts/install-browser.sh
+
+# The same end-to-end test over the default model, saving a PNG of each main view.
+screenshots: model browser
+	GLASSBOX_UI_E2E_MODEL="$(MODEL_DIR)" GLASSBOX_SCREENSHOTS=docs/screenshots \
+		$(CARGO) test --test ui_e2e $(CARGO_TEST_FLAGS)
 
 run: model
 	$(CARGO) run --release -- serve --model "$(MODEL_DIR)" $(ARGS)
@@ -41,6 +58,14 @@ openapi:
 
 bench: model
 	scripts/bench.sh
+
+# Several minutes (Python lime alone takes ~90 s per repetition), so not part of `make bench`.
+bench-lime: model
+	scripts/bench-lime.sh $(ARGS)
+
+# Statistical parity with Python lime at 5000 samples, three seeds (minutes, release build).
+test-slow: model
+	$(CARGO) test --release --test lime -- --ignored
 
 lint:
 	$(CARGO) fmt --check
@@ -59,3 +84,10 @@ clean:
 	$(CARGO) clean
 	rm -f openapi/openapi.json.tmp bench/results/*.tmp
 	find bench tests -type d -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null || true
+
+# Deployment files in docker/ (docker/README.md). No container engine needed.
+validate-deploy: model
+	scripts/validate-deploy.sh
+
+measure-memory: model
+	scripts/measure-memory.sh

@@ -150,7 +150,9 @@ pub struct AuthConfig {
     /// API keys given directly, separated by commas; meant for the environment
     /// (`GLASSBOX_AUTH__API_KEYS`, e.g. from a Kubernetes Secret), not for files in git.
     pub api_keys: String,
-    /// Routes that never need a key: probes and scrapers.
+    /// Routes that never need a key: probes, the scraper, and the static pages (the playground
+    /// and the API reference; their API calls still need a key). An entry ending in `/*` is a
+    /// prefix.
     pub exempt_paths: Vec<String>,
     /// Requests per second allowed per API key (per client address when no keys are
     /// configured); beyond it 429 with Retry-After. 0 switches rate limiting off.
@@ -164,7 +166,19 @@ impl Default for AuthConfig {
         Self {
             api_keys_file: String::new(),
             api_keys: String::new(),
-            exempt_paths: vec!["/health".into(), "/ready".into(), "/metrics".into()],
+            exempt_paths: [
+                "/health",
+                "/ready",
+                "/metrics",
+                "/",
+                "/ui",
+                "/ui/*",
+                "/docs",
+                "/docs/*",
+                "/openapi.json",
+            ]
+            .map(String::from)
+            .to_vec(),
             rate_limit_per_second: 0.0,
             rate_limit_burst: 20,
         }

@@ -23,6 +23,7 @@
 //!   without the engine or BERT.
 //! * [`api`]: the router ([`api::app`]), shared request plumbing ([`api::scope`],
 //!   [`api::explain`]), the one error shape ([`api::error`]), the OpenAPI document.
+//! * [`ui`]: the browser playground, static files embedded in the binary.
 //! * [`config`]: one typed configuration (defaults < file < `GLASSBOX_*` < flags).
 //! * [`telemetry`]: logs and Prometheus metrics.
 //!
@@ -49,3 +50,4 @@ pub mod engine;
 pub mod explain;
 pub mod model;
 pub mod telemetry;
+pub mod ui;

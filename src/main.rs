@@ -81,7 +81,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let loaded = load(&config)?;
         let (host, port) = (config.server.host.clone(), config.server.port);
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-        let state = AppState::new(config, loaded.classifier, loaded.encoder)?;
+        let state = AppState::with_gradients(
+            config,
+            loaded.classifier,
+            Some(loaded.encoder_classifier),
+            loaded.encoder,
+        )?;
         let listener = tokio::net::TcpListener::bind((host.as_str(), port))
             .await
             .with_context(|| {

@@ -99,7 +99,7 @@ impl Access {
         authorization: Option<&str>,
         client: Option<SocketAddr>,
     ) -> Result<(), ApiError> {
-        if self.exempt_paths.iter().any(|p| p == path) {
+        if self.exempt_paths.iter().any(|p| exempt_matches(p, path)) {
             return Ok(());
         }
         let bucket = if self.keys_required() {
@@ -132,6 +132,14 @@ impl Access {
             }
         }
         Ok(())
+    }
+}
+
+/// An exempt entry is an exact path, or a prefix ending in `/*` (`/ui/*` covers `/ui/app.js`).
+fn exempt_matches(entry: &str, path: &str) -> bool {
+    match entry.strip_suffix('*') {
+        Some(prefix) if prefix.ends_with('/') => path.starts_with(prefix),
+        _ => entry == path,
     }
 }
 
@@ -184,6 +192,19 @@ mod tests {
         ));
         assert!(a.check("/health", None, None).is_ok());
         assert!(a.check("/metrics", None, None).is_ok());
+        // The playground and the API reference load without a key (their API calls need one).
+        for page in [
+            "/",
+            "/ui",
+            "/ui/app.js",
+            "/docs/",
+            "/docs/index.css",
+            "/openapi.json",
+        ] {
+            assert!(a.check(page, None, None).is_ok(), "{page}");
+        }
+        assert!(a.check("/uix", None, None).is_err());
+        assert!(a.check("/info", None, None).is_err());
     }
 
     #[test]

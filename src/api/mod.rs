@@ -4,18 +4,25 @@
 //! [`app`] builds the whole router from an [`AppState`] and is kept apart from `main`, so tests
 //! drive it with `tower::ServiceExt::oneshot` or serve it on port 0 with [`serve`].
 
+pub mod attention;
 pub mod auth;
+pub mod counterfactual;
 pub mod dto;
 pub mod error;
 pub mod explain;
 pub mod extract;
+pub mod gradients;
+pub mod heads;
 pub mod lime;
 pub mod observe;
+pub mod occlusion;
 pub mod openapi;
 pub mod ops;
+mod perturbation;
 pub mod predict;
 pub mod scope;
 mod serve;
+pub mod shap;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,10 +67,22 @@ impl AppState {
         classifier: Arc<dyn Classifier>,
         encoder: TextEncoder,
     ) -> Result<Self, ConfigError> {
+        Self::with_gradients(config, classifier, None, encoder)
+    }
+
+    /// As [`AppState::new`], with a model for the gradient routes (normally the same weights as
+    /// `classifier`: [`crate::model::heads::EncoderClassifier`] implements both).
+    pub fn with_gradients(
+        config: Config,
+        classifier: Arc<dyn Classifier>,
+        gradient_model: Option<Arc<dyn crate::model::gradients::GradientModel>>,
+        encoder: TextEncoder,
+    ) -> Result<Self, ConfigError> {
         let model = Arc::new(classifier.info().clone());
         let limits = Arc::new(config.effective_limits(&model)?);
         let access = Arc::new(auth::Access::from_config(&config.auth)?);
-        let engine = Engine::start(classifier, config.engine.clone());
+        let engine =
+            Engine::start_with_gradients(classifier, gradient_model, config.engine.clone());
         Ok(Self {
             config: Arc::new(config),
             engine,
@@ -91,16 +110,36 @@ impl AppState {
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
-    let docs = SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json"));
+    let docs = SwaggerUi::new("/docs").config(
+        // No validator: Swagger UI would otherwise call validator.swagger.io, which fails
+        // offline and leaks the document's address.
+        utoipa_swagger_ui::Config::from("/openapi.json").validator_url("none"),
+    );
     Router::new()
         .route("/predict", post(predict::predict))
+        .route("/explain/attention", post(attention::explain_attention))
+        .route("/explain/heads", post(heads::explain_heads_route))
         .route("/explain/lime", post(lime::explain_lime_route))
+        .route(
+            "/explain/gradients",
+            post(gradients::explain_gradients_route),
+        )
+        .route(
+            "/explain/occlusion",
+            post(occlusion::explain_occlusion_route),
+        )
+        .route(
+            "/explain/counterfactual",
+            post(counterfactual::explain_counterfactual_route),
+        )
+        .route("/explain/shap", post(shap::explain_shap_route))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/info", get(ops::info))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi_json))
         .merge(docs)
+        .merge(crate::ui::router())
         // After every route, so that it applies to all of them.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

@@ -25,6 +25,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::engine::JobOptions;
 use crate::explain::{Evaluator, Usage as ExplainUsage};
+use crate::model::gradients::{GradientRow, OutputKind, RowGradient};
 use crate::model::tokenizer::TokenizeError;
 use crate::model::{Encoding, Row, RowOutput};
 
@@ -121,6 +122,33 @@ impl RequestScope {
         usage.model_evaluations += stats.model_evaluations();
         usage.tokens_evaluated += stats.tokens_evaluated;
         usage.cache_hits += stats.cache_hits;
+        usage.queue_ms += stats.queue_ms;
+        usage.inference_ms += stats.inference_ms;
+        Ok(result.outputs)
+    }
+
+    /// Runs gradient rows through the engine under this request's deadline, counted in the
+    /// same usage; one output per row, in order.
+    pub async fn gradients(
+        &self,
+        rows: Vec<GradientRow>,
+        output: OutputKind,
+    ) -> Result<Vec<RowGradient>, ApiError> {
+        let options = JobOptions {
+            deadline: Some(self.deadline),
+            bypass_cache: false,
+        };
+        let timeout_ms = self.state.config.server.request_timeout_ms;
+        let result = self
+            .state
+            .engine
+            .gradients(rows, output, options)
+            .await
+            .map_err(|e| ApiError::from_engine(e, timeout_ms))?;
+        let stats = &result.stats;
+        let mut usage = self.usage.lock().expect("usage lock");
+        usage.model_evaluations += stats.model_evaluations();
+        usage.tokens_evaluated += stats.tokens_evaluated;
         usage.queue_ms += stats.queue_ms;
         usage.inference_ms += stats.inference_ms;
         Ok(result.outputs)

@@ -7,40 +7,62 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{lock, EngineError};
-use crate::model::{Row, RowOutput};
+use crate::model::RowOutput;
 
-/// What a finished job hands back to `Engine::evaluate`: one output per distinct row.
-pub(crate) struct Completed {
-    pub outputs: Vec<RowOutput>,
+/// What a finished job hands back to `Engine::evaluate` (or `Engine::gradients`, with
+/// `T = RowGradient`): one output per distinct row.
+pub(crate) struct Completed<T = RowOutput> {
+    pub outputs: Vec<T>,
     /// Wall time of the batches that held this job's rows, summed.
     pub inference: Duration,
     pub tokens_evaluated: usize,
 }
 
-pub(crate) type Reply = oneshot::Sender<Result<Completed, EngineError>>;
+pub(crate) type Reply<T = RowOutput> = oneshot::Sender<Result<Completed<T>, EngineError>>;
 
-pub(crate) struct JobState {
+/// One job, whatever its kind: forward rows (`T = RowOutput`) or gradient rows
+/// (`T = RowGradient`).
+pub(crate) struct JobState<T = RowOutput> {
     pub id: u64,
     pub deadline: Option<Instant>,
-    progress: Mutex<Progress>,
+    progress: Mutex<Progress<T>>,
 }
 
-struct Progress {
+/// What the queue needs to know of any job to drop it.
+pub(crate) trait Liveness {
+    fn id(&self) -> u64;
+    fn is_expired(&self, now: Instant) -> bool;
+    fn is_abandoned(&self) -> bool;
+}
+
+impl<T: Clone> Liveness for JobState<T> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn is_expired(&self, now: Instant) -> bool {
+        JobState::is_expired(self, now)
+    }
+    fn is_abandoned(&self) -> bool {
+        JobState::is_abandoned(self)
+    }
+}
+
+struct Progress<T> {
     /// Per distinct row; cache hits are filled in before the job is queued.
-    outputs: Vec<Option<RowOutput>>,
+    outputs: Vec<Option<T>>,
     missing: usize,
     inference: Duration,
     tokens_evaluated: usize,
     /// Taken when the job completes or fails, so it is answered exactly once.
-    reply: Option<Reply>,
+    reply: Option<Reply<T>>,
 }
 
-impl JobState {
+impl<T: Clone> JobState<T> {
     pub fn new(
         id: u64,
         deadline: Option<Instant>,
-        outputs: Vec<Option<RowOutput>>,
-        reply: Reply,
+        outputs: Vec<Option<T>>,
+        reply: Reply<T>,
     ) -> Self {
         let missing = outputs.iter().filter(|o| o.is_none()).count();
         let progress = Progress {
@@ -70,23 +92,25 @@ impl JobState {
         self.deadline.is_some_and(|deadline| deadline <= now)
     }
 
-    /// Records the outputs of this job's rows from one batch that took `elapsed`; answers the
-    /// caller when the last row arrives.
+    /// Records the outputs of this job's rows from one batch that took `elapsed`, each as
+    /// `(slot, tokens of its row, output)`; answers the caller when the last row arrives.
     pub fn deliver<'a>(
         &self,
-        results: impl Iterator<Item = (usize, &'a Row, &'a RowOutput)>,
+        results: impl Iterator<Item = (usize, usize, &'a T)>,
         elapsed: Duration,
-    ) {
+    ) where
+        T: 'a,
+    {
         let mut progress = lock(&self.progress);
         if progress.reply.is_none() {
             return;
         }
         progress.inference += elapsed;
-        for (slot, row, output) in results {
+        for (slot, tokens, output) in results {
             if progress.outputs[slot].is_none() {
                 progress.outputs[slot] = Some(output.clone());
                 progress.missing -= 1;
-                progress.tokens_evaluated += row.len();
+                progress.tokens_evaluated += tokens;
             }
         }
         if progress.missing == 0 {

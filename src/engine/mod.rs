@@ -6,6 +6,11 @@
 //! job its outputs. Dropping the `evaluate` future (client gone) or passing its deadline
 //! removes the job's queued rows, which are then never run.
 //!
+//! Gradient jobs ([`Engine::gradients`]: embeddings in, input gradients out) take the same
+//! path: admitted against the same row budget, run by the same model threads (which alternate
+//! between forward and gradient batches), cancelled the same way. They are neither
+//! deduplicated nor cached (their rows are embeddings, rarely repeated).
+//!
 //! Nothing here knows about HTTP: errors are [`EngineError`], mapped to statuses by the api.
 
 mod cache;
@@ -22,7 +27,8 @@ use metrics::{counter, gauge, histogram};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::model::{Classifier, ModelInfo, Row, RowOutput};
+use crate::model::gradients::{GradientModel, GradientRow, OutputKind, RowGradient};
+use crate::model::{Classifier, ModelError, ModelInfo, Row, RowOutput};
 use crate::telemetry::metric;
 use cache::RowCache;
 use job::{Completed, JobState};
@@ -98,6 +104,14 @@ pub struct JobResult {
     pub stats: JobStats,
 }
 
+/// One output and input gradient per gradient row, in input order.
+#[derive(Clone, Debug)]
+pub struct GradientResult {
+    pub outputs: Vec<RowGradient>,
+    /// `distinct_rows` counts every row (no deduplication), `cache_hits` is 0.
+    pub stats: JobStats,
+}
+
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum EngineError {
     #[error(
@@ -138,6 +152,8 @@ struct Counters {
 struct Shared {
     config: EngineConfig,
     classifier: Arc<dyn Classifier>,
+    /// Present when the model can give input gradients.
+    gradient_model: Option<Arc<dyn GradientModel>>,
     queue: Mutex<Queue>,
     /// Signalled when work is queued or the engine shuts down.
     work_ready: Condvar,
@@ -200,11 +216,22 @@ impl Engine {
     /// Starts the model threads. The engine is not [ready](Engine::is_ready) until
     /// [`warm_up`](Engine::warm_up) has run.
     pub fn start(classifier: Arc<dyn Classifier>, config: EngineConfig) -> Engine {
+        Self::start_with_gradients(classifier, None, config)
+    }
+
+    /// Starts the model threads for a model that can also give input gradients (normally the
+    /// same weights: [`crate::model::heads::EncoderClassifier`] implements both traits).
+    pub fn start_with_gradients(
+        classifier: Arc<dyn Classifier>,
+        gradient_model: Option<Arc<dyn GradientModel>>,
+        config: EngineConfig,
+    ) -> Engine {
         let workers = config.workers.max(1);
         let shared = Arc::new(Shared {
             cache: RowCache::new(config.cache_rows),
             config,
             classifier,
+            gradient_model,
             queue: Mutex::new(Queue::default()),
             work_ready: Condvar::new(),
             counters: Counters::default(),
@@ -339,6 +366,113 @@ impl Engine {
         answer.map_err(|_| {
             EngineError::Internal("the model thread stopped without answering".into())
         })?
+    }
+
+    /// Whether [`Engine::gradients`] is available.
+    pub fn supports_gradients(&self) -> bool {
+        self.shared().gradient_model.is_some()
+    }
+
+    /// The gradient model's word embeddings of `ids` (`[len, hidden]` row-major). A table
+    /// lookup, done on the caller's thread.
+    pub fn word_embeddings(&self, ids: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let model = self.gradient_model()?;
+        model
+            .word_embeddings(ids)
+            .map_err(|e: ModelError| EngineError::Internal(format!("word embeddings: {e}")))
+    }
+
+    /// Width of the word embeddings of the gradient model.
+    pub fn hidden_size(&self) -> Result<usize, EngineError> {
+        Ok(self.gradient_model()?.hidden_size())
+    }
+
+    fn gradient_model(&self) -> Result<&Arc<dyn GradientModel>, EngineError> {
+        self.shared().gradient_model.as_ref().ok_or_else(|| {
+            EngineError::Internal("this engine was started without a gradient model".into())
+        })
+    }
+
+    /// Output and input gradient of each row, through the model threads: admitted against
+    /// the row budget, batched under the same caps, dropped with the deadline or when this
+    /// future is dropped.
+    pub async fn gradients(
+        &self,
+        rows: Vec<GradientRow>,
+        output: OutputKind,
+        options: JobOptions,
+    ) -> Result<GradientResult, EngineError> {
+        let submitted = Instant::now();
+        self.gradient_model()?;
+        let shared = self.shared();
+        let max_queued_rows = shared.config.max_queued_rows;
+        if rows.len() > max_queued_rows {
+            return Err(EngineError::JobTooLarge {
+                rows: rows.len(),
+                max_queued_rows,
+            });
+        }
+        if options
+            .deadline
+            .is_some_and(|deadline| deadline <= submitted)
+        {
+            return Err(EngineError::Timeout);
+        }
+        let distinct_rows = rows.len();
+        let completed = if rows.is_empty() {
+            Completed {
+                outputs: Vec::new(),
+                inference: Duration::ZERO,
+                tokens_evaluated: 0,
+            }
+        } else {
+            let (reply, answer) = oneshot::channel();
+            let id = shared.next_job_id.fetch_add(1, Ordering::Relaxed);
+            let job = Arc::new(JobState::new(
+                id,
+                options.deadline,
+                vec![None; rows.len()],
+                reply,
+            ));
+            {
+                let mut queue = lock(&shared.queue);
+                queue.admit_gradients(
+                    job,
+                    output,
+                    rows.into_iter().enumerate().collect(),
+                    max_queued_rows,
+                )?;
+                gauge!(metric::QUEUE_ROWS).set(queue.queued_rows() as f64);
+            }
+            shared.work_ready.notify_one();
+            let _cancel = CancelOnDrop {
+                shared: shared.clone(),
+                job_id: id,
+            };
+            let answer = match options.deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), answer)
+                    .await
+                    .map_err(|_| EngineError::Timeout)?,
+                None => answer.await,
+            };
+            answer.map_err(|_| {
+                EngineError::Internal("the model thread stopped without answering".into())
+            })??
+        };
+        let inference_ms = completed.inference.as_secs_f64() * 1e3;
+        let total_ms = submitted.elapsed().as_secs_f64() * 1e3;
+        let stats = JobStats {
+            distinct_rows,
+            cache_hits: 0,
+            tokens_evaluated: completed.tokens_evaluated,
+            queue_ms: (total_ms - inference_ms).max(0.0),
+            inference_ms,
+        };
+        histogram!(metric::QUEUE_SECONDS).record(stats.queue_ms / 1e3);
+        Ok(GradientResult {
+            outputs: completed.outputs,
+            stats,
+        })
     }
 
     /// Runs `rows` through the model (no cache) and marks the engine ready: the first forward

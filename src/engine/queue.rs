@@ -9,14 +9,20 @@
 //!   [`similar_lengths`] of its shortest, and `rows x padded length` within `max_batch_tokens`.
 //! * **No waiting to fill**: a batch is formed from whatever is queued when a worker is free,
 //!   so a lone request runs at once and batches grow by themselves under load.
+//! * **Two kinds of work, one budget**: gradient jobs (embeddings in, input gradients out) are
+//!   admitted against the same row budget and dropped on the same deadlines; a gradient batch
+//!   holds rows of one job (under the same row and token caps), rotating between gradient jobs,
+//!   and workers alternate between the two kinds when both are waiting ([`Queue::next_work`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::job::JobState;
+use super::job::{JobState, Liveness};
+use super::worker::Work;
 use super::EngineError;
+use crate::model::gradients::{GradientRow, OutputKind, RowGradient};
 use crate::model::Row;
 
 /// Extra tokens of padding always tolerated: for short rows padding costs little, and forcing
@@ -58,6 +64,28 @@ impl Batch {
     }
 }
 
+/// Gradient rows of one job to run together.
+pub(crate) struct GradientBatch {
+    pub job: Arc<JobState<RowGradient>>,
+    pub output: OutputKind,
+    /// The job's slot of each row.
+    pub slots: Vec<usize>,
+    pub rows: Vec<GradientRow>,
+}
+
+impl GradientBatch {
+    pub fn padded_tokens(&self) -> usize {
+        self.rows.len() * self.rows.iter().map(GradientRow::len).max().unwrap_or(0)
+    }
+}
+
+/// A queued gradient job: its remaining rows, run in order.
+struct QueuedGradients {
+    job: Arc<JobState<RowGradient>>,
+    output: OutputKind,
+    rows: VecDeque<(usize, GradientRow)>,
+}
+
 /// Key of a queued row: `(length, slot)`, so a job's rows iterate shortest first.
 type RowKey = (usize, usize);
 
@@ -82,6 +110,10 @@ impl QueuedJob {
 pub(crate) struct Queue {
     /// Rotation order: the front job seeds the next batch.
     jobs: VecDeque<QueuedJob>,
+    /// Gradient jobs, in rotation order.
+    gradient_jobs: VecDeque<QueuedGradients>,
+    /// Whether a gradient batch goes next when both kinds wait (they alternate).
+    gradient_turn: bool,
     queued_rows: usize,
     shutting_down: bool,
     /// Moving average of model throughput, for the `Retry-After` estimate.
@@ -126,9 +158,78 @@ impl Queue {
         Ok(())
     }
 
+    /// Queues a gradient job's rows (`(slot, row)` pairs) against the same row budget.
+    pub fn admit_gradients(
+        &mut self,
+        job: Arc<JobState<RowGradient>>,
+        output: OutputKind,
+        rows: Vec<(usize, GradientRow)>,
+        max_queued_rows: usize,
+    ) -> Result<(), EngineError> {
+        if self.shutting_down {
+            return Err(EngineError::ShuttingDown);
+        }
+        if self.queued_rows + rows.len() > max_queued_rows {
+            return Err(EngineError::Overloaded {
+                retry_after: self.retry_after(),
+            });
+        }
+        self.queued_rows += rows.len();
+        self.gradient_jobs.push_back(QueuedGradients {
+            job,
+            output,
+            rows: rows.into(),
+        });
+        Ok(())
+    }
+
+    /// The next thing for a worker to do: a forward batch or a gradient batch, alternating
+    /// when both kinds are queued; `None` when nothing is.
+    pub fn next_work(&mut self, limits: BatchLimits) -> Option<Work> {
+        let gradients_waiting = !self.gradient_jobs.is_empty();
+        if gradients_waiting && (self.gradient_turn || self.jobs.is_empty()) {
+            self.gradient_turn = false;
+            return self.next_gradient_batch(limits).map(Work::Gradient);
+        }
+        self.gradient_turn = gradients_waiting;
+        self.next_batch(limits).map(Work::Forward)
+    }
+
+    /// Rows of the gradient job at the front of the rotation, as many as the caps allow (at
+    /// least one); the job then goes to the back.
+    pub fn next_gradient_batch(&mut self, limits: BatchLimits) -> Option<GradientBatch> {
+        let mut queued = self.gradient_jobs.pop_front()?;
+        let mut slots = Vec::new();
+        let mut rows: Vec<GradientRow> = Vec::new();
+        let mut longest = 0;
+        while let Some((_, next)) = queued.rows.front() {
+            let new_longest = longest.max(next.len());
+            let fits =
+                rows.len() < limits.max_rows && (rows.len() + 1) * new_longest <= limits.max_tokens;
+            if !rows.is_empty() && !fits {
+                break;
+            }
+            let (slot, row) = queued.rows.pop_front().expect("front was just read");
+            slots.push(slot);
+            rows.push(row);
+            longest = new_longest;
+        }
+        self.queued_rows -= rows.len();
+        let batch = GradientBatch {
+            job: queued.job.clone(),
+            output: queued.output,
+            slots,
+            rows,
+        };
+        if !queued.rows.is_empty() {
+            self.gradient_jobs.push_back(queued);
+        }
+        Some(batch)
+    }
+
     /// Removes a job's queued rows; returns how many were dropped.
     pub fn remove(&mut self, job_id: u64) -> usize {
-        self.remove_where(|job| job.id == job_id)
+        self.remove_where(|job| job.id() == job_id)
     }
 
     /// Removes jobs past their deadline or without a caller; returns the rows dropped.
@@ -136,10 +237,17 @@ impl Queue {
         self.remove_where(|job| job.is_expired(now) || job.is_abandoned())
     }
 
-    fn remove_where(&mut self, dead: impl Fn(&JobState) -> bool) -> usize {
+    fn remove_where(&mut self, dead: impl Fn(&dyn Liveness) -> bool) -> usize {
         let mut dropped = 0;
         self.jobs.retain(|queued| {
-            let keep = !dead(&queued.job);
+            let keep = !dead(queued.job.as_ref());
+            if !keep {
+                dropped += queued.rows.len();
+            }
+            keep
+        });
+        self.gradient_jobs.retain(|queued| {
+            let keep = !dead(queued.job.as_ref());
             if !keep {
                 dropped += queued.rows.len();
             }

@@ -11,15 +11,17 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
 
-use super::queue::{Batch, BatchPart};
+use super::queue::{Batch, BatchPart, GradientBatch};
 use super::{lock, EngineError, Shared};
+use crate::model::gradients::RowGradient;
 use crate::model::{Row, RowOutput};
 use crate::telemetry::metric;
 
-/// What a worker can be asked to do. Only forward passes exist today; input-gradient jobs
-/// (embeddings in, gradients out) will be a second kind, taken from the same queue.
+/// What a worker can be asked to do, taken from the one queue: forward passes over rows of
+/// any jobs, or input gradients for rows of one gradient job (embeddings in, gradients out).
 pub(crate) enum Work {
     Forward(Batch),
+    Gradient(GradientBatch),
 }
 
 /// Decrements the live-worker count however the thread ends, so readiness reflects reality.
@@ -38,6 +40,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
     while let Some(work) = next_work(shared) {
         match work {
             Work::Forward(batch) => run_forward(shared, batch),
+            Work::Gradient(batch) => run_gradient(shared, batch),
         }
     }
 }
@@ -48,9 +51,9 @@ fn next_work(shared: &Shared) -> Option<Work> {
     loop {
         let dropped = queue.remove_dead(Instant::now());
         shared.count_dropped(dropped);
-        if let Some(batch) = queue.next_batch(shared.batch_limits()) {
+        if let Some(work) = queue.next_work(shared.batch_limits()) {
             gauge!(metric::QUEUE_ROWS).set(queue.queued_rows() as f64);
-            return Some(Work::Forward(batch));
+            return Some(work);
         }
         gauge!(metric::QUEUE_ROWS).set(0.0);
         if queue.is_shutting_down() {
@@ -111,15 +114,64 @@ fn run_forward(shared: &Shared, batch: Batch) {
     }
 }
 
+/// Runs one gradient batch (rows of one job) and hands the job its share.
+fn run_gradient(shared: &Shared, batch: GradientBatch) {
+    let started = Instant::now();
+    let result = match &shared.gradient_model {
+        Some(model) => guarded(batch.rows.len(), || {
+            model.gradients(&batch.rows, batch.output)
+        }),
+        None => Err("this engine has no gradient model".into()),
+    };
+    let elapsed = started.elapsed();
+    shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+    shared
+        .counters
+        .rows_evaluated
+        .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
+    counter!(metric::BATCHES).increment(1);
+    histogram!(metric::BATCH_ROWS).record(batch.rows.len() as f64);
+    histogram!(metric::BATCH_TOKENS).record(batch.padded_tokens() as f64);
+    histogram!(metric::INFERENCE_SECONDS).record(elapsed.as_secs_f64());
+    lock(&shared.queue).record_throughput(batch.rows.len(), elapsed);
+    match result {
+        Ok(outputs) => {
+            let results: Vec<(usize, usize, &RowGradient)> = batch
+                .slots
+                .iter()
+                .zip(&batch.rows)
+                .zip(&outputs)
+                .map(|((&slot, row), out)| (slot, row.len(), out))
+                .collect();
+            batch.job.deliver(results.into_iter(), elapsed);
+        }
+        Err(message) => {
+            counter!(metric::FAILED_BATCHES).increment(1);
+            tracing::error!(job = batch.job.id, rows = batch.rows.len(), error = %message, "gradient batch failed");
+            batch.job.fail(EngineError::Internal(message));
+            let dropped = lock(&shared.queue).remove(batch.job.id);
+            shared.count_dropped(dropped);
+        }
+    }
+}
+
 /// Runs the classifier, turning errors, wrong output counts and panics into a message.
 fn forward_guarded(shared: &Shared, rows: &[Row]) -> Result<Vec<RowOutput>, String> {
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| shared.classifier.forward(rows)));
+    guarded(rows.len(), || shared.classifier.forward(rows))
+}
+
+/// Runs a model call for `rows` rows, turning errors, wrong output counts and panics into a
+/// message.
+fn guarded<T, E: std::fmt::Display>(
+    rows: usize,
+    call: impl FnOnce() -> Result<Vec<T>, E>,
+) -> Result<Vec<T>, String> {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(call));
     match outcome {
-        Ok(Ok(outputs)) if outputs.len() == rows.len() => Ok(outputs),
+        Ok(Ok(outputs)) if outputs.len() == rows => Ok(outputs),
         Ok(Ok(outputs)) => Err(format!(
-            "model returned {} outputs for {} rows",
+            "model returned {} outputs for {rows} rows",
             outputs.len(),
-            rows.len()
         )),
         Ok(Err(error)) => Err(error.to_string()),
         Err(payload) => {
@@ -138,7 +190,7 @@ fn deliver(part: &BatchPart, rows: &[Row], outputs: &[RowOutput], elapsed: Durat
         .range
         .clone()
         .zip(&part.slots)
-        .map(|(i, &slot)| (slot, &rows[i], &outputs[i]));
+        .map(|(i, &slot)| (slot, rows[i].len(), &outputs[i]));
     part.job.deliver(results, elapsed);
 }
 

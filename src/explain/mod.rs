@@ -5,9 +5,17 @@
 //! per row"): the service passes an adapter over the batching engine, tests pass a
 //! [`DirectEvaluator`] over a toy linear classifier with known answers.
 
+pub mod attention;
+pub mod counterfactual;
+pub mod faithfulness;
 pub mod features;
+pub mod gradients;
+pub mod heads;
 pub mod lime;
+pub mod occlusion;
+pub mod perturbation;
 pub mod regression;
+pub mod shap;
 pub mod word_chars;
 
 use std::future::Future;

@@ -392,7 +392,7 @@ const GRAM_BLOCK: usize = 2048;
 /// `zs' zs`. Large designs (token features of a long text at the sample cap reach 10 GFLOP)
 /// are summed block by block in parallel; the blocks are always the same and are added in
 /// order, so the result does not depend on the number of threads.
-fn gram_matrix(zs: &DMatrix<f64>) -> DMatrix<f64> {
+pub(crate) fn gram_matrix(zs: &DMatrix<f64>) -> DMatrix<f64> {
     let (n, d) = zs.shape();
     if n <= GRAM_BLOCK || n * d * d < 50_000_000 {
         return zs.tr_mul(zs);

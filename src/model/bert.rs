@@ -49,8 +49,8 @@ impl Dense {
 
     /// `x @ W + b` over the last dimension of a tensor of any rank.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if x.is_contiguous() && !x.track_op() {
-            // Inference: one gemm that accumulates into the broadcast bias.
+        if x.is_contiguous() && !x.track_op() && x.dtype() == DType::F32 {
+            // Inference: one gemm that accumulates into the broadcast bias (f32 only).
             return kernels::linear(x, &self.weight_t, &self.bias);
         }
         self.matmul(x)?.broadcast_add(&self.bias)
@@ -195,6 +195,9 @@ impl Layer {
 pub struct ForwardOptions {
     /// Keep every layer's attention probabilities `[B, heads, L, L]`.
     pub attentions: bool,
+    /// Use the differentiable compositions (LayerNorm, softmax) for this call even if the
+    /// encoder was loaded without them, so one copy of the weights serves both paths.
+    pub differentiable: bool,
 }
 
 /// The input of one forward pass: a right-padded batch.
@@ -283,6 +286,11 @@ impl Encoder {
         self.differentiable
     }
 
+    /// The dtype the weights were loaded in (f32 unless a test asked for f64).
+    pub fn dtype(&self) -> DType {
+        self.word_embeddings.dtype()
+    }
+
     /// The word-embedding lookup: `[B, L]` ids -> `[B, L, hidden]`.
     pub fn word_embeddings(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, l) = ids.dims2()?;
@@ -335,13 +343,15 @@ impl Encoder {
                 .reshape((b, l, h))?;
             x = (x + t)?;
         }
-        let mut x = self.embed_norm.forward(&x, self.differentiable)?;
+        let differentiable = self.differentiable || opts.differentiable;
+        let mut x = self.embed_norm.forward(&x, differentiable)?;
 
         // 0 on real keys, -1e4 on padding: [B, L].
-        let key_bias = ((input.mask.ones_like()? - input.mask)? * MASK_BIAS)?;
+        let key_bias =
+            ((input.mask.ones_like()? - input.mask)? * MASK_BIAS)?.to_dtype(x.dtype())?;
         let key_bias4 = key_bias.reshape((b, 1, 1, l))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let fast = !self.differentiable;
+        let fast = !differentiable;
         let mut attentions = opts.attentions.then(Vec::new);
 
         // Rows that want attentions (or the gradient path) take the composite route, which
@@ -369,7 +379,10 @@ impl Encoder {
                     candle_nn::ops::softmax(&scores, D::Minus1)?
                 };
                 if let Some(hm) = input.head_mask {
-                    let m = hm.i((.., li, ..))?.reshape((b, nh, 1, 1))?;
+                    let m = hm
+                        .i((.., li, ..))?
+                        .reshape((b, nh, 1, 1))?
+                        .to_dtype(probs.dtype())?;
                     probs = probs.broadcast_mul(&m)?;
                 }
                 let ctx = probs.matmul(&v)?; // [B, nh, L, hd]
@@ -379,9 +392,7 @@ impl Encoder {
                 ctx.transpose(1, 2)?.reshape((b, l, h))?
             };
             let attn = layer.attn_out.forward(&ctx)?;
-            x = layer
-                .attn_norm
-                .add_forward(&attn, &x, self.differentiable)?;
+            x = layer.attn_norm.add_forward(&attn, &x, differentiable)?;
             let inter = match self.activation {
                 Activation::GeluErf if fast => {
                     kernels::bias_gelu_inplace(&layer.ffn_in.matmul(&x)?, &layer.ffn_in.bias)?
@@ -389,7 +400,7 @@ impl Encoder {
                 act => act.forward(&layer.ffn_in.forward(&x)?)?,
             };
             let out = layer.ffn_out.forward(&inter)?;
-            x = layer.out_norm.add_forward(&out, &x, self.differentiable)?;
+            x = layer.out_norm.add_forward(&out, &x, differentiable)?;
         }
         Ok(EncoderOutput {
             last_hidden_state: x,

@@ -1,0 +1,243 @@
+//! `POST /explain/attention`: attention matrices of the text (METHODS.md, Attention).
+//!
+//! The handler checks the selection and the size of the answer against
+//! `limits.max_attention_values` before any model work, runs the text once as a row that asks
+//! the model for its attentions (batched with other requests' rows; rows that do not ask do
+//! not pay for them), and hands them to [`crate::explain::attention::compute`] on a blocking
+//! thread (rollout multiplies `L x L` matrices).
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::explain::{resolve_targets, ExplainBase, ExplainCommon, Explained};
+use super::extract::ApiJson;
+use super::scope::RequestScope;
+use super::AppState;
+use crate::explain::attention::{
+    attention_rows, axis, compute, Aggregation, AttentionError, AttentionParams, AttentionResult,
+    AttentionSelection, Pooling,
+};
+
+/// The common explanation fields plus the attention parameters, in one flat object.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(examples(
+    json!({"text": "The plot was thin but the acting was wonderful.", "granularity": "words"}),
+    json!({"text": "The plot was thin but the acting was wonderful.", "layers": [0, 5],
+           "aggregation": "none", "precision": 6})
+))]
+pub struct AttentionRequest {
+    #[serde(flatten)]
+    pub common: ExplainCommon,
+    #[serde(flatten)]
+    pub params: AttentionParams,
+    /// Whatever the two parts above did not take: a misspelt parameter is refused (400)
+    /// rather than silently replaced by its default.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unknown: BTreeMap<String, Value>,
+}
+
+/// Attention matrices with the axis that labels them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttentionResponse {
+    #[serde(flatten)]
+    pub base: ExplainBase,
+    #[serde(flatten)]
+    pub attention: AttentionResult,
+    /// The parameters used, defaults filled in.
+    pub params: AttentionSelection,
+}
+
+/// Attention matrices: selected layers and heads, aggregated over heads (`none`, `mean`,
+/// `max`) or rolled out through every layer (`rollout`, with the row the classifier head
+/// reads), at token or word granularity.
+///
+/// `axis` labels the rows and columns (`values[i][j]` is the attention from entry `i` to
+/// entry `j`). At word granularity, attention to a word is the sum over its pieces and from a
+/// word the mean over them, so rows still sum to 1; special tokens and punctuation stay as
+/// their own entries. Numbers are rounded to `precision` decimals, and a request whose answer
+/// would hold more than `limits.max_attention_values` numbers is refused before any model
+/// work (the default, every layer with heads averaged, fits a 512-token text).
+#[utoipa::path(
+    post,
+    path = "/explain/attention",
+    tag = "explain",
+    request_body(content = AttentionRequest, examples(
+        ("default" = (summary = "Every layer, heads averaged, per token",
+            value = json!({"text": "The movie was great."}))),
+        ("words" = (summary = "Two layers, heads averaged, per word",
+            value = json!({"text": "Unbelievably good acting.", "layers": [0, 5],
+                "granularity": "words"}))),
+        ("heads" = (summary = "Every head of the last layer, six decimals",
+            value = json!({"text": "The movie was great.", "layers": [5], "aggregation": "none",
+                "precision": 6}))),
+        ("rollout" = (summary = "Attention rollout and its pooled row, per word",
+            value = json!({"text": "The movie was great.", "aggregation": "rollout",
+                "granularity": "words"}))),
+    )),
+    responses(
+        (status = 200, description = "The matrices, their axis, the parameters used and what \
+            it cost", body = AttentionResponse,
+            headers(
+                ("x-request-id" = String, description = "Echoed if sent, generated otherwise"),
+                ("x-queue-time" = String, description = "Milliseconds waiting for the model"),
+                ("x-inference-time" = String, description = "Milliseconds in model batches"),
+                ("x-total-time" = String, description = "Milliseconds in the service"),
+            ),
+            example = json!(response_example())),
+        (status = 400, description = "`invalid_json`: not JSON, a field of the wrong type, or \
+            an unknown field", body = ErrorBody,
+            example = json!({"error": {"code": "invalid_json", "message":
+                "the body does not have the expected shape: invalid type: string \"all\", expected a sequence",
+                "details": {}}})),
+        (status = 413, description = "`payload_too_large`: body over `server.max_body_bytes`",
+            body = ErrorBody,
+            example = json!({"error": {"code": "payload_too_large", "message":
+                "the request body is larger than the limit of 1048576 bytes (server.max_body_bytes)",
+                "details": {"limit_bytes": 1048576}}})),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`",
+            body = ErrorBody,
+            example = json!({"error": {"code": "unsupported_media_type", "message":
+                "the request body must be JSON with the header Content-Type: application/json",
+                "details": {}}})),
+        (status = 422, description = "`validation_error` naming the field: empty text, text \
+            too long without `truncate`, unknown `target`, a layer or head that does not exist \
+            (`layers`, `heads`, `mask`), an unknown `aggregation` or `granularity`, `precision` \
+            out of 0..8, `layers`/`heads` with `rollout`, or an answer larger than \
+            `limits.max_attention_values` (the message says how to narrow it)", body = ErrorBody,
+            example = json!({"error": {"code": "validation_error", "message":
+                "this request would return 18874368 attention values (512 x 512 per matrix), over the limit of 2000000 (limits.max_attention_values); narrow it with fewer \"layers\" (e.g. [0, 5]), or fewer \"heads\", or \"aggregation\": \"mean\", or \"granularity\": \"words\", or a shorter text",
+                "details": {"field": "aggregation"}}})),
+        (status = 500, description = "`internal`: a bug, logged with the request id",
+            body = ErrorBody,
+            example = json!({"error": {"code": "internal", "message":
+                "internal error; the request id in x-request-id identifies it in the logs",
+                "details": {}}})),
+        (status = 503, description = "`overloaded` (with `Retry-After`) or `not_ready`",
+            body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait (when overloaded)")),
+            example = json!({"error": {"code": "overloaded", "message":
+                "the model queue is full; retry after 1 s", "details": {"retry_after_s": 1}}})),
+        (status = 504, description = "`timeout`: past `server.request_timeout_ms`; queued work \
+            dropped", body = ErrorBody,
+            example = json!({"error": {"code": "timeout", "message":
+                "the request ran past its deadline of 30000 ms; its queued work was dropped",
+                "details": {"timeout_ms": 30000}}})),
+    )
+)]
+pub async fn explain_attention(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<AttentionRequest>,
+) -> Result<Response, ApiError> {
+    reject_unknown(&request.unknown)?;
+    let AttentionRequest { common, params, .. } = request;
+    let selection = params.resolve(&state.model).map_err(attention_error)?;
+
+    let scope = RequestScope::begin(&state)?;
+    let encoding = scope.encode("text", &common.text, common.truncate)?;
+    let entries = axis(&common.text, &encoding, selection.granularity);
+    let cap = state.limits.max_attention_values;
+    if selection.value_count(entries.len()) > cap {
+        let field = match selection.aggregation {
+            Aggregation::None => "aggregation",
+            _ => "layers",
+        };
+        return Err(ApiError::validation(
+            field,
+            selection.over_cap_message(entries.len(), cap),
+        ));
+    }
+
+    let mut outputs = scope
+        .evaluate(attention_rows(&encoding, &selection))
+        .await?;
+    let recorded = outputs
+        .pop()
+        .ok_or_else(|| ApiError::Internal("the engine returned no output".into()))?;
+    // With heads masked the plain original came first; otherwise the recorded row is it.
+    let original = outputs.pop().unwrap_or_else(|| recorded.clone());
+    let attentions = recorded
+        .attentions
+        .clone()
+        .ok_or_else(|| ApiError::Internal("the model returned no attentions".into()))?;
+    let targets = resolve_targets(&state.model, &common, &original.probabilities)?;
+    let explained = Explained {
+        scope,
+        encoding,
+        original,
+        targets,
+    };
+
+    let pooling = Pooling::of(&state.model);
+    let used = selection.clone();
+    let attention =
+        tokio::task::spawn_blocking(move || compute(&attentions, &used, &entries, pooling))
+            .await
+            .map_err(|e| ApiError::Internal(format!("the attention task failed: {e}")))?;
+    let body = AttentionResponse {
+        base: explained.base(),
+        attention,
+        params: selection,
+    };
+    Ok(explained.respond(&body))
+}
+
+fn attention_error(error: AttentionError) -> ApiError {
+    ApiError::validation(error.field, error.message)
+}
+
+fn reject_unknown(unknown: &BTreeMap<String, Value>) -> Result<(), ApiError> {
+    match unknown.keys().next() {
+        None => Ok(()),
+        Some(field) => Err(ApiError::InvalidJson(format!(
+            "the body does not have the expected shape: unknown field `{field}`; \
+             POST /explain/attention takes text, target, top_labels, truncate, layers, heads, \
+             aggregation, granularity, precision, mask"
+        ))),
+    }
+}
+
+/// The documented 200 example: a real response of the default model, shortened.
+fn response_example() -> Value {
+    serde_json::json!({
+        "model": {"id": "all-MiniLM-L6-v2", "sha256": "53aa5117...", "head": "zero-shot:sentiment",
+                  "version": "0.1.0"},
+        "prediction": {"label": "positive",
+                       "probabilities": {"negative": 2.9778014e-06, "positive": 0.999997},
+                       "ranked": [{"label": "positive", "probability": 0.999997},
+                                  {"label": "negative", "probability": 2.9778014e-06}],
+                       "tokens": 4, "truncated": false},
+        "targets": [1],
+        "tokens": [{"id": 101, "text": "[CLS]", "start": 0, "end": 0, "special": true},
+                   {"id": 2307, "text": "great", "start": 0, "end": 5, "special": false},
+                   {"id": 999, "text": "!", "start": 5, "end": 6, "special": false},
+                   {"id": 102, "text": "[SEP]", "start": 0, "end": 0, "special": true}],
+        "usage": {"model_evaluations": 1, "tokens_evaluated": 4, "cache_hits": 0,
+                  "queue_ms": 0.47, "inference_ms": 19.465, "total_ms": 20.849},
+        "axis": [
+            {"text": "[CLS]", "tokens": [0], "start": 0, "end": 0, "utf16_start": 0,
+             "utf16_end": 0, "special": true, "word": false},
+            {"text": "Great", "tokens": [1], "start": 0, "end": 5, "utf16_start": 0,
+             "utf16_end": 5, "special": false, "word": true},
+            {"text": "!", "tokens": [2], "start": 5, "end": 6, "utf16_start": 5,
+             "utf16_end": 6, "special": false, "word": false},
+            {"text": "[SEP]", "tokens": [3], "start": 0, "end": 0, "utf16_start": 0,
+             "utf16_end": 0, "special": true, "word": false}
+        ],
+        "matrices": [{"layer": 5, "values": [
+            [0.8259, 0.1125, 0.0283, 0.0333],
+            [0.8594, 0.1111, 0.0124, 0.0172],
+            [0.958, 0.0256, 0.0092, 0.0072],
+            [0.9467, 0.0281, 0.0196, 0.0055]
+        ]}],
+        "values": 16,
+        "params": {"layers": [5], "heads": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+                   "aggregation": "mean", "granularity": "words", "precision": 4, "mask": []}
+    })
+}

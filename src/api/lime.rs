@@ -1,0 +1,344 @@
+//! `POST /explain/lime`: LIME word weights per target label (METHODS.md, LIME).
+//!
+//! The handler only translates: it validates the parameters before any model work, runs the
+//! text once ([`Explained::begin`]), hands the features to [`explain_lime`] with the request's
+//! scope as the evaluator, and maps [`LimeError`] to the API's statuses. The explanation runs
+//! on a blocking thread (tokenizing thousands of perturbed texts and the regression are CPU
+//! work that must not stall the async workers), and is dropped, with its queued rows, when
+//! the client goes away.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use axum::extract::State;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::explain::{ExplainBase, ExplainCommon, Explained};
+use super::extract::ApiJson;
+use super::AppState;
+use crate::explain::features::{split_words, Feature, FeatureError, FeatureKind};
+use crate::explain::lime::{explain_lime, LimeError, LimeExplanation, LimeParams};
+use crate::model::tokenizer::TokenizeError;
+
+/// The common explanation fields plus LIME's parameters, all in one flat object. A field not
+/// listed here is refused (400): a misspelt parameter never silently becomes its default.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(examples(
+    json!({"text": "The plot was thin but the acting was wonderful.", "target": "positive",
+           "num_samples": 1000, "num_features": 3, "seed": 7}),
+    json!({"text": "The plot was thin but the acting was wonderful.", "top_labels": 2,
+           "num_samples": "auto", "tolerance": 0.05, "num_features": "all",
+           "confidence_intervals": true})
+))]
+pub struct LimeRequest {
+    #[serde(flatten)]
+    pub common: ExplainCommon,
+    #[serde(flatten)]
+    pub params: LimeParams,
+    /// Whatever the two parts above did not take: a misspelt parameter is refused rather than
+    /// silently replaced by its default.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unknown: BTreeMap<String, Value>,
+}
+
+/// A LIME explanation: the common blocks, the features of the text and, per target label, the
+/// surrogate's sorted weights.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LimeResponse {
+    #[serde(flatten)]
+    pub base: ExplainBase,
+    /// The features LIME removed and weighed (distinct words with `bow`, else occurrences or
+    /// tokens); `weights[].feature` indexes this list.
+    pub features: Vec<Feature>,
+    #[serde(flatten)]
+    pub explanation: LimeExplanation,
+}
+
+/// Explain a prediction with LIME: perturb the text by removing words, fit a weighted linear
+/// surrogate, report its weights.
+///
+/// Same request with the same `seed`, same weights (within 1e-6), whatever else the server
+/// is doing and whether the row cache is on or off; without a `seed` one is drawn and echoed
+/// in `params.seed`. Repeated perturbations are evaluated once (`distinct_rows`), and rows
+/// seen recently by any request are answered from the row cache (`usage.cache_hits`).
+#[utoipa::path(
+    post,
+    path = "/explain/lime",
+    tag = "explain",
+    request_body(content = LimeRequest, examples(
+        ("fixed" = (summary = "1000 samples, 3 features, fixed seed",
+            value = json!({"text": "The plot was thin but the acting was wonderful.",
+                "target": "positive", "num_samples": 1000, "num_features": 3, "seed": 7}))),
+        ("adaptive" = (summary = "Adaptive sampling with 95% intervals, the two top labels",
+            value = json!({"text": "The plot was thin but the acting was wonderful.",
+                "top_labels": 2, "num_samples": "auto", "tolerance": 0.05,
+                "num_features": "all", "confidence_intervals": true}))),
+    )),
+    responses(
+        (status = 200, description = "Weights per target label, the parameters used (with the \
+            seed) and what it cost", body = LimeResponse,
+            headers(
+                ("x-request-id" = String, description = "Echoed if sent, generated otherwise"),
+                ("x-queue-time" = String, description = "Milliseconds waiting for the model"),
+                ("x-inference-time" = String, description = "Milliseconds in model batches"),
+                ("x-total-time" = String, description = "Milliseconds in the service"),
+            ),
+            example = json!(response_example())),
+        (status = 400, description = "`invalid_json`: not JSON, a field of the wrong type, or \
+            an unknown field", body = ErrorBody,
+            example = json!({"error": {"code": "invalid_json", "message":
+                "the body does not have the expected shape: kernel_width: invalid type: \
+                string \"wide\", expected f64",
+                "details": {}}})),
+        (status = 413, description = "`payload_too_large`: body over `server.max_body_bytes`",
+            body = ErrorBody,
+            example = json!({"error": {"code": "payload_too_large", "message":
+                "the request body is larger than the limit of 1048576 bytes \
+                (server.max_body_bytes)",
+                "details": {"limit_bytes": 1048576}}})),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`",
+            body = ErrorBody,
+            example = json!({"error": {"code": "unsupported_media_type", "message":
+                "the request body must be JSON with the header Content-Type: application/json",
+                "details": {}}})),
+        (status = 422, description = "`validation_error` naming the field: empty text or a text \
+            without words, text too long without `truncate`, unknown `target`, `num_samples` \
+            over `limits.max_num_samples`, a parameter out of range, an unknown \
+            `feature_selection`, `mask` or `features`", body = ErrorBody,
+            example = json!({"error": {"code": "validation_error", "message":
+                "num_samples must be between 2 and 20000 (got 50000)",
+                "details": {"field": "num_samples"}}})),
+        (status = 500, description = "`internal`: a bug, logged with the request id",
+            body = ErrorBody,
+            example = json!({"error": {"code": "internal", "message":
+                "internal error; the request id in x-request-id identifies it in the logs",
+                "details": {}}})),
+        (status = 503, description = "`overloaded` (with `Retry-After`) or `not_ready`",
+            body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait (when overloaded)")),
+            example = json!({"error": {"code": "overloaded", "message":
+                "the model queue is full; retry after 1 s", "details": {"retry_after_s": 1}}})),
+        (status = 504, description = "`timeout`: past `server.request_timeout_ms`; queued work \
+            dropped", body = ErrorBody,
+            example = json!({"error": {"code": "timeout", "message":
+                "the request ran past its deadline of 30000 ms; its queued work was dropped",
+                "details": {"timeout_ms": 30000}}})),
+    )
+)]
+pub async fn explain_lime_route(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let request = parse_request(body)?;
+    let LimeRequest { common, params, .. } = request;
+    let max_num_samples = state.limits.max_num_samples;
+    params.validate(max_num_samples).map_err(lime_error)?;
+    // `explain_lime` refuses a text without words as well; checked here so that it costs no
+    // model run. (Empty text is left to `Explained::begin`, which says so.)
+    let no_words = params.features == FeatureKind::Words
+        && !common.text.trim().is_empty()
+        && split_words(&common.text).is_empty();
+    if no_words {
+        return Err(ApiError::validation(
+            "text",
+            "the text has no words (runs of letters, digits or _), so LIME has no feature to \
+             weigh; use \"features\": \"tokens\" to weigh its tokens",
+        ));
+    }
+
+    let explained = Explained::begin(&state, &common).await?;
+    let features = params.feature_set(&common.text, &explained.encoding);
+    let encoder = state.encoder.clone();
+    let truncate = common.truncate;
+    let (explained, features, result) = off_runtime(async move {
+        let result = explain_lime(
+            &features,
+            &encoder,
+            truncate,
+            &params,
+            max_num_samples,
+            &explained.targets,
+            &explained.scope,
+        )
+        .await;
+        (explained, features, result)
+    })
+    .await?;
+    let explanation = result.map_err(lime_error)?;
+    let body = LimeResponse {
+        base: explained.base(),
+        features: features.features().to_vec(),
+        explanation,
+    };
+    Ok(explained.respond(&body))
+}
+
+/// Reads the request from parsed JSON. A field of the wrong type is 400 naming the field; a
+/// keyword field (`feature_selection`, `mask`, `features`) with a value it does not know is
+/// 422 naming the field, like any other out-of-range parameter; an unknown field is 400.
+fn parse_request(body: Value) -> Result<LimeRequest, ApiError> {
+    let shape = |message: String| {
+        ApiError::InvalidJson(format!(
+            "the body does not have the expected shape: {message}"
+        ))
+    };
+    let request = match serde_json::from_value::<LimeRequest>(body.clone()) {
+        Ok(request) => request,
+        Err(error) => {
+            let Some(object) = body.as_object() else {
+                return Err(shape(error.to_string()));
+            };
+            // serde's error does not say which field failed: find it by trying each alone.
+            for (key, value) in object {
+                let mut probe = serde_json::Map::new();
+                if key != "text" {
+                    probe.insert("text".into(), Value::String("x".into()));
+                }
+                probe.insert(key.clone(), value.clone());
+                if let Err(e) = serde_json::from_value::<LimeRequest>(Value::Object(probe)) {
+                    let message = e.to_string();
+                    if message.starts_with("unknown variant") {
+                        return Err(ApiError::validation(
+                            key.as_str(),
+                            format!("{key}: {message}"),
+                        ));
+                    }
+                    return Err(shape(format!("{key}: {message}")));
+                }
+            }
+            return Err(shape(error.to_string()));
+        }
+    };
+    if let Some(field) = request.unknown.keys().next() {
+        return Err(shape(format!(
+            "unknown field `{field}`; POST /explain/lime takes text, target, top_labels, \
+             truncate, num_samples, tolerance, num_features, kernel_width, feature_selection, \
+             bow, mask, features, seed, confidence_intervals"
+        )));
+    }
+    Ok(request)
+}
+
+/// Runs `work` on a blocking thread, driven by the current runtime, and waits for it. If
+/// the waiting future is dropped (the client went away), `work` is dropped at its next await,
+/// which takes its queued rows out of the engine.
+async fn off_runtime<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let handle = tokio::runtime::Handle::current();
+    let (alive, gone) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::task::spawn_blocking(move || {
+        handle.block_on(async move {
+            tokio::select! {
+                out = work => Some(out),
+                _ = gone => None,
+            }
+        })
+    });
+    let joined = task.await;
+    drop(alive);
+    match joined {
+        Ok(Some(out)) => Ok(out),
+        Ok(None) => Err(ApiError::Internal(
+            "the explanation was cancelled while its request was still waiting".into(),
+        )),
+        Err(error) => Err(ApiError::Internal(format!(
+            "the explanation task failed: {error}"
+        ))),
+    }
+}
+
+/// LIME's errors in the API's statuses; engine failures keep theirs (503, 504).
+fn lime_error(error: LimeError) -> ApiError {
+    match error {
+        LimeError::Invalid { field, message } => ApiError::validation(field, message),
+        LimeError::Features(e @ (FeatureError::NoMaskToken | FeatureError::NoUnkToken)) => {
+            ApiError::validation("mask", e.to_string())
+        }
+        LimeError::Features(FeatureError::Tokenize(e @ TokenizeError::TooLong { .. })) => {
+            ApiError::validation("text", format!("a perturbed text is too long: {e}"))
+        }
+        LimeError::Features(e) => ApiError::Internal(format!("LIME features: {e}")),
+        LimeError::Evaluate(source) => match source.downcast::<ApiError>() {
+            Ok(api) => *api,
+            Err(other) => ApiError::Internal(format!("LIME evaluation: {other}")),
+        },
+    }
+}
+
+/// The documented 200 example: a real response of the default model to the request example
+/// "fixed", numbers rounded.
+fn response_example() -> Value {
+    // Every word is ASCII, so UTF-16 offsets equal byte offsets.
+    fn span(start: usize, end: usize) -> Value {
+        json!({"start": start, "end": end, "utf16_start": start, "utf16_end": end})
+    }
+    let words = [
+        ("The", vec![(0, 3)], vec![1]),
+        ("plot", vec![(4, 8)], vec![2]),
+        ("was", vec![(9, 12), (33, 36)], vec![3, 8]),
+        ("thin", vec![(13, 17)], vec![4]),
+        ("but", vec![(18, 21)], vec![5]),
+        ("the", vec![(22, 25)], vec![6]),
+        ("acting", vec![(26, 32)], vec![7]),
+        ("wonderful", vec![(37, 46)], vec![9]),
+    ];
+    let features: Vec<Value> = words
+        .iter()
+        .map(|(text, spans, tokens)| {
+            let spans: Vec<Value> = spans.iter().map(|&(s, e)| span(s, e)).collect();
+            json!({"text": text, "spans": spans, "tokens": tokens})
+        })
+        .collect();
+    let weight = |feature: usize, weight: f64| {
+        let mut w = json!({"feature": feature, "weight": weight});
+        w["text"] = features[feature]["text"].clone();
+        w["spans"] = features[feature]["spans"].clone();
+        w["tokens"] = features[feature]["tokens"].clone();
+        w
+    };
+    fn token(id: u32, text: &str, start: usize, end: usize, special: bool) -> Value {
+        json!({"id": id, "text": text, "start": start, "end": end, "special": special})
+    }
+    json!({
+        "model": {"id": "all-MiniLM-L6-v2", "sha256": "53aa5117...",
+                  "head": "zero-shot:sentiment", "version": "0.1.0"},
+        "prediction": {
+            "label": "positive",
+            "probabilities": {"negative": 0.2766, "positive": 0.7234},
+            "ranked": [{"label": "positive", "probability": 0.7234},
+                       {"label": "negative", "probability": 0.2766}],
+            "tokens": 12,
+            "truncated": false
+        },
+        "targets": [1],
+        "tokens": [
+            token(101, "[CLS]", 0, 0, true), token(1996, "the", 0, 3, false),
+            token(5436, "plot", 4, 8, false), token(2001, "was", 9, 12, false),
+            token(4857, "thin", 13, 17, false), token(2021, "but", 18, 21, false),
+            token(1996, "the", 22, 25, false), token(3772, "acting", 26, 32, false),
+            token(2001, "was", 33, 36, false), token(6919, "wonderful", 37, 46, false),
+            token(1012, ".", 46, 47, false), token(102, "[SEP]", 0, 0, true)
+        ],
+        "usage": {"model_evaluations": 234, "tokens_evaluated": 1771, "cache_hits": 0,
+                  "queue_ms": 0.7, "inference_ms": 409.4, "total_ms": 413.8},
+        "features": features,
+        "labels": [{
+            "label": 1,
+            "probability": 0.7234,
+            "weights": [weight(7, 0.666), weight(3, -0.1295), weight(4, -0.0904)],
+            "intercept": 0.3922,
+            "score": 0.8994,
+            "local_pred": 0.8382
+        }],
+        "params": {"num_samples": 1000, "num_features": 3, "kernel_width": 25.0,
+                   "feature_selection": "forward_selection", "bow": true, "mask": "remove",
+                   "features": "words", "seed": 7, "confidence_intervals": false},
+        "distinct_rows": 233
+    })
+}

@@ -1,0 +1,190 @@
+//! `POST /explain/shap`: Kernel SHAP values per feature (METHODS.md, Kernel SHAP). The
+//! handler validates before any model work, runs the text once ([`Explained::begin`]) and
+//! hands the features to [`explain_shap`] with the request's scope as the evaluator, off the
+//! async workers (the coalitions' tokenization and the regression are CPU work).
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::explain::{ExplainBase, ExplainCommon, Explained};
+use super::extract::ApiJson;
+use super::perturbation::{example_with, off_runtime, parse_request, perturb_error, require_words};
+use super::AppState;
+use crate::explain::features::Feature;
+use crate::explain::shap::{explain_shap, ShapExplanation, ShapParams};
+
+const TEXT: &str = "The acting was wonderful.";
+
+/// The common explanation fields plus Kernel SHAP's parameters, all in one flat object.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(examples(
+    json!({"text": "The acting was wonderful.", "seed": 7}),
+    json!({"text": "The acting was wonderful.", "top_labels": 2, "max_evals": 500, "mask": "mask_token"})
+))]
+pub struct ShapRequest {
+    #[serde(flatten)]
+    pub common: ExplainCommon,
+    #[serde(flatten)]
+    pub params: ShapParams,
+    /// Whatever the two parts above did not take: refused rather than ignored.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unknown: BTreeMap<String, Value>,
+}
+
+/// A Kernel SHAP explanation: the common blocks, the features and, per target label, one
+/// value per feature with the base value.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShapResponse {
+    #[serde(flatten)]
+    pub base: ExplainBase,
+    /// The features (distinct words with `bow`, else occurrences or tokens);
+    /// `labels[].values[].feature` indexes this list.
+    pub features: Vec<Feature>,
+    #[serde(flatten)]
+    pub explanation: ShapExplanation,
+}
+
+/// Explain a prediction with Kernel SHAP: each feature's Shapley value for the target
+/// label(s), with `base_value` (every feature removed) and the additivity residual.
+///
+/// Exact (every coalition of features evaluated) when `2^features <= max_evals` (default
+/// 2048: up to 11 features); above, `shap`'s KernelExplainer scheme: the smallest and
+/// largest coalition sizes enumerated, the rest sampled in complementary pairs, reproducible
+/// from `seed` (drawn and echoed in `params.seed` when absent).
+#[utoipa::path(
+    post,
+    path = "/explain/shap",
+    tag = "explain",
+    request_body(content = ShapRequest, examples(
+        ("exact" = (summary = "A short text: exact Shapley values",
+            value = json!({"text": TEXT, "seed": 7}))),
+        ("sampled" = (summary = "Two labels, 500 coalitions, words masked",
+            value = json!({"text": "The plot was thin, the dialogue clumsy, and the ending \
+                predictable, but the acting was wonderful.", "top_labels": 2,
+                "max_evals": 500, "mask": "mask_token", "seed": 7}))),
+    )),
+    responses(
+        (status = 200, description = "Values per target label, the parameters used (with the \
+            seed) and what it cost", body = ShapResponse,
+            headers(
+                ("x-request-id" = String, description = "Echoed if sent, generated otherwise"),
+                ("x-queue-time" = String, description = "Milliseconds waiting for the model"),
+                ("x-inference-time" = String, description = "Milliseconds in model batches"),
+                ("x-total-time" = String, description = "Milliseconds in the service"),
+            ),
+            example = json!(response_example())),
+        (status = 400, description = "`invalid_json`: not JSON, a field of the wrong type, or \
+            an unknown field", body = ErrorBody,
+            example = json!({"error": {"code": "invalid_json", "message":
+                "the body does not have the expected shape: max_evals: invalid type: string \"many\", expected usize",
+                "details": {}}})),
+        (status = 413, description = "`payload_too_large`: body over `server.max_body_bytes`",
+            body = ErrorBody,
+            example = json!({"error": {"code": "payload_too_large", "message":
+                "the request body is larger than the limit of 1048576 bytes (server.max_body_bytes)",
+                "details": {"limit_bytes": 1048576}}})),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`",
+            body = ErrorBody,
+            example = json!({"error": {"code": "unsupported_media_type", "message":
+                "the request body must be JSON with the header Content-Type: application/json",
+                "details": {}}})),
+        (status = 422, description = "`validation_error` naming the field: empty text or a text \
+            without words, text too long without `truncate`, unknown `target`, `max_evals` \
+            outside 2..=`limits.max_num_samples` or below the number of features + 1 (when \
+            not exact), an unknown `mask` or `features`, a `mask` the tokenizer cannot do",
+            body = ErrorBody,
+            example = json!({"error": {"code": "validation_error", "message":
+                "max_evals must be between 2 and 20000 (got 50000)",
+                "details": {"field": "max_evals"}}})),
+        (status = 500, description = "`internal`: a bug, logged with the request id",
+            body = ErrorBody,
+            example = json!({"error": {"code": "internal", "message":
+                "internal error; the request id in x-request-id identifies it in the logs",
+                "details": {}}})),
+        (status = 503, description = "`overloaded` (with `Retry-After`) or `not_ready`",
+            body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait (when overloaded)")),
+            example = json!({"error": {"code": "overloaded", "message":
+                "the model queue is full; retry after 1 s", "details": {"retry_after_s": 1}}})),
+        (status = 504, description = "`timeout`: past `server.request_timeout_ms`; queued work \
+            dropped", body = ErrorBody,
+            example = json!({"error": {"code": "timeout", "message":
+                "the request ran past its deadline of 30000 ms; its queued work was dropped",
+                "details": {"timeout_ms": 30000}}})),
+    )
+)]
+pub async fn explain_shap_route(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let request: ShapRequest = parse_request(
+        body,
+        "/explain/shap",
+        "text, target, top_labels, truncate, max_evals, seed, bow, mask, features",
+        |r: &ShapRequest| r.unknown.keys().next().cloned(),
+    )?;
+    let ShapRequest { common, params, .. } = request;
+    let max = state.limits.max_num_samples;
+    params.validate(max).map_err(perturb_error)?;
+    require_words(
+        &common.text,
+        params.features,
+        "Kernel SHAP has no feature to attribute",
+    )?;
+
+    let explained = Explained::begin(&state, &common).await?;
+    let features = params.feature_set(&common.text, &explained.encoding);
+    let encoder = state.encoder.clone();
+    let truncate = common.truncate;
+    let (explained, features, result) = off_runtime(async move {
+        let result = explain_shap(
+            &features,
+            &encoder,
+            truncate,
+            &params,
+            max,
+            &explained.targets,
+            &explained.scope,
+        )
+        .await;
+        (explained, features, result)
+    })
+    .await?;
+    let explanation = result.map_err(perturb_error)?;
+    let body = ShapResponse {
+        base: explained.base(),
+        features: features.features().to_vec(),
+        explanation,
+    };
+    Ok(explained.respond(&body))
+}
+
+/// The documented 200 example.
+fn response_example() -> Value {
+    example_with(json!({
+        "labels": [{
+            "label": 1,
+            "probability": 0.92,
+            "base_value": 0.47,
+            "values": [
+                {"feature": 0, "text": "The", "value": 0.01},
+                {"feature": 1, "text": "acting", "value": 0.05},
+                {"feature": 2, "text": "was", "value": -0.01},
+                {"feature": 3, "text": "wonderful", "value": 0.4}
+            ],
+            "additivity_residual": 5.6e-17
+        }],
+        "exact": true,
+        "params": {"max_evals": 2048, "seed": 7, "bow": true, "mask": "remove",
+                   "features": "words"},
+        "coalitions": 16,
+        "distinct_rows": 16
+    }))
+}
