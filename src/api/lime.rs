@@ -8,7 +8,6 @@
 //! the client goes away.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 
 use axum::extract::State;
 use axum::response::Response;
@@ -19,6 +18,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody};
 use super::explain::{ExplainBase, ExplainCommon, Explained};
 use super::extract::ApiJson;
+use super::perturbation::{off_runtime, parse_request};
 use super::AppState;
 use crate::explain::features::{split_words, Feature, FeatureError, FeatureKind};
 use crate::explain::lime::{explain_lime, LimeError, LimeExplanation, LimeParams};
@@ -134,7 +134,13 @@ pub async fn explain_lime_route(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let request = parse_request(body)?;
+    let request: LimeRequest = parse_request(
+        body,
+        "/explain/lime",
+        "text, target, top_labels, truncate, num_samples, tolerance, num_features, \
+         kernel_width, feature_selection, bow, mask, features, seed, confidence_intervals",
+        |r: &LimeRequest| r.unknown.keys().next().cloned(),
+    )?;
     let LimeRequest { common, params, .. } = request;
     let max_num_samples = state.limits.max_num_samples;
     params.validate(max_num_samples).map_err(lime_error)?;
@@ -176,81 +182,6 @@ pub async fn explain_lime_route(
         explanation,
     };
     Ok(explained.respond(&body))
-}
-
-/// Reads the request from parsed JSON. A field of the wrong type is 400 naming the field; a
-/// keyword field (`feature_selection`, `mask`, `features`) with a value it does not know is
-/// 422 naming the field, like any other out-of-range parameter; an unknown field is 400.
-fn parse_request(body: Value) -> Result<LimeRequest, ApiError> {
-    let shape = |message: String| {
-        ApiError::InvalidJson(format!(
-            "the body does not have the expected shape: {message}"
-        ))
-    };
-    let request = match serde_json::from_value::<LimeRequest>(body.clone()) {
-        Ok(request) => request,
-        Err(error) => {
-            let Some(object) = body.as_object() else {
-                return Err(shape(error.to_string()));
-            };
-            // serde's error does not say which field failed: find it by trying each alone.
-            for (key, value) in object {
-                let mut probe = serde_json::Map::new();
-                if key != "text" {
-                    probe.insert("text".into(), Value::String("x".into()));
-                }
-                probe.insert(key.clone(), value.clone());
-                if let Err(e) = serde_json::from_value::<LimeRequest>(Value::Object(probe)) {
-                    let message = e.to_string();
-                    if message.starts_with("unknown variant") {
-                        return Err(ApiError::validation(
-                            key.as_str(),
-                            format!("{key}: {message}"),
-                        ));
-                    }
-                    return Err(shape(format!("{key}: {message}")));
-                }
-            }
-            return Err(shape(error.to_string()));
-        }
-    };
-    if let Some(field) = request.unknown.keys().next() {
-        return Err(shape(format!(
-            "unknown field `{field}`; POST /explain/lime takes text, target, top_labels, \
-             truncate, num_samples, tolerance, num_features, kernel_width, feature_selection, \
-             bow, mask, features, seed, confidence_intervals"
-        )));
-    }
-    Ok(request)
-}
-
-/// Runs `work` on a blocking thread, driven by the current runtime, and waits for it. If
-/// the waiting future is dropped (the client went away), `work` is dropped at its next await,
-/// which takes its queued rows out of the engine.
-async fn off_runtime<T: Send + 'static>(
-    work: impl Future<Output = T> + Send + 'static,
-) -> Result<T, ApiError> {
-    let handle = tokio::runtime::Handle::current();
-    let (alive, gone) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::task::spawn_blocking(move || {
-        handle.block_on(async move {
-            tokio::select! {
-                out = work => Some(out),
-                _ = gone => None,
-            }
-        })
-    });
-    let joined = task.await;
-    drop(alive);
-    match joined {
-        Ok(Some(out)) => Ok(out),
-        Ok(None) => Err(ApiError::Internal(
-            "the explanation was cancelled while its request was still waiting".into(),
-        )),
-        Err(error) => Err(ApiError::Internal(format!(
-            "the explanation task failed: {error}"
-        ))),
-    }
 }
 
 /// LIME's errors in the API's statuses; engine failures keep theirs (503, 504).

@@ -1,5 +1,5 @@
-//! What the perturbation routes (`/explain/occlusion`, `/explain/counterfactual`,
-//! `/explain/shap`) share: reading the flat request (unknown fields refused, the failing field
+//! What the sampling and perturbation routes (`/explain/lime`, `/explain/occlusion`,
+//! `/explain/counterfactual`, `/explain/shap`) share: reading the flat request (unknown fields refused, the failing field
 //! named), running the method off the async workers, and mapping [`PerturbError`] to the API's
 //! statuses.
 
