@@ -127,9 +127,9 @@ def forward_flops_rows(rows: int, tokens: int) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model_dir")
-    ap.add_argument("--url", required=True, help="glassbox base URL, e.g. http://127.0.0.1:8080")
-    ap.add_argument("--server-pid", type=int, required=True, help="excluded from 'other' CPU use")
+    ap.add_argument("model_dir", nargs="?")
+    ap.add_argument("--url", help="glassbox base URL, e.g. http://127.0.0.1:8080 (required)")
+    ap.add_argument("--server-pid", type=int, help="excluded from 'other' CPU use (required)")
     ap.add_argument("--num-samples", type=int, nargs="+", default=[1000, 5000])
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -141,7 +141,15 @@ def main():
     ap.add_argument("--max-wait", type=float, default=60.0)
     ap.add_argument("--skip-python", action="store_true", help="time glassbox only")
     ap.add_argument("--out")
+    ap.add_argument("--table-from", metavar="JSONL", help="only print the table of an earlier --out")
     a = ap.parse_args()
+    if a.table_from:
+        with open(a.table_from) as f:
+            records = [json.loads(line) for line in f if line.startswith("{")]
+        print_table([r for r in records if r.get("record") == "lime_compare"], f"from {a.table_from}")
+        return
+    if not (a.model_dir and a.url and a.server_pid):
+        ap.error("model_dir, --url and --server-pid are required (unless --table-from)")
     def emit(record: dict) -> None:
         """One JSON line to stderr (progress) and to --out; stdout keeps only the table."""
         line = json.dumps(record, default=bu._json_default)
@@ -202,7 +210,7 @@ def main():
                                        "model_s": st["model_s"], "useful_flops": st["useful_flops"],
                                        "top": top})
                 log(f"  python   {dt:.3f} s")
-            g = runs["glassbox"]
+            g = settled(runs["glassbox"], a.max_other)
             g_med = statistics.median(r["seconds"] for r in g)
             mid = sorted(g, key=lambda r: r["seconds"])[len(g) // 2]
             rows_run = mid["usage"]["model_evaluations"]
@@ -210,7 +218,9 @@ def main():
             record = {"record": "lime_compare", "text_words": len(text.split()), "lime_features": words,
                       "num_samples": n, "reps": a.reps,
                       "glassbox_median_s": round(g_med, 4),
-                      "glassbox_all_s": [round(r["seconds"], 4) for r in g],
+                      "glassbox_all_s": [round(r["seconds"], 4) for r in runs["glassbox"]],
+                      "glassbox_other_cpu": [r["load"]["other_cpu_frac"] for r in runs["glassbox"]],
+                      "glassbox_runs_used": len(g),
                       "glassbox_distinct_rows": mid["distinct_rows"],
                       "glassbox_model_rows": rows_run,
                       "glassbox_tokens_evaluated": mid["usage"]["tokens_evaluated"],
@@ -220,12 +230,14 @@ def main():
                       "max_other_cpu_frac": max(r["load"]["other_cpu_frac"] for r in g),
                       "loadavg": [r["load"]["loadavg_before"] for r in g],
                       "text": text}
-            p = runs["python"]
-            if p:
+            if runs["python"]:
+                p = settled(runs["python"], a.max_other)
                 p_med = statistics.median(r["seconds"] for r in p)
                 pmid = sorted(p, key=lambda r: r["seconds"])[len(p) // 2]
                 record.update({"python_median_s": round(p_med, 4),
-                               "python_all_s": [round(r["seconds"], 4) for r in p],
+                               "python_all_s": [round(r["seconds"], 4) for r in runs["python"]],
+                               "python_other_cpu": [r["load"]["other_cpu_frac"] for r in runs["python"]],
+                               "python_runs_used": len(p),
                                "python_rows": pmid["rows"],
                                "python_model_s": round(pmid["model_s"], 4),
                                "python_top3": pmid["top"],
@@ -236,10 +248,21 @@ def main():
             emit(record)
             results.append(record)
 
+    print_table(results, f"LIME end to end, {a.reps} alternating repetitions, row cache off, "
+                         f"{a.threads} threads for Python; bound at {a.peak_gflops:g} GFLOP/s; "
+                         f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+def settled(runs: list, max_other: float) -> list:
+    """The runs during which other processes stayed under max_other, or all if none did."""
+    clean = [r for r in runs if r["load"]["other_cpu_frac"] <= max_other]
+    return clean or runs
+
+
+def print_table(results: list, title: str) -> None:
+    """Markdown table of lime_compare records (seconds are medians of the settled runs)."""
     print()
-    print(f"LIME end to end, {a.reps} alternating repetitions, row cache off, "
-          f"{a.threads} threads for Python; bound at {a.peak_gflops:g} GFLOP/s; "
-          f"load average now {os.getloadavg()[0]:.2f}")
+    print(title)
     print()
     print("| words | lime features | samples | Python s | glassbox s | speedup | Python rows/s "
           "| glassbox rows/s | distinct rows | bound s | of bound | max other CPU | load avg |")
@@ -253,7 +276,6 @@ def main():
                 r["glassbox_distinct_rows"], f"{r['bound_s']:.3f}", f"{r['bound_s'] / g:.0%}",
                 f"{r['max_other_cpu_frac']:.0%}", f"{min(r['loadavg']):.1f}-{max(r['loadavg']):.1f}"]
         print("| " + " | ".join(str(c) for c in cols) + " |")
-
 
 if __name__ == "__main__":
     main()
