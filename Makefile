@@ -59,7 +59,8 @@ openapi:
 bench: model
 	scripts/bench.sh
 
-# Several minutes (Python lime alone takes ~90 s per repetition), so not part of `make bench`.
+# About 6 minutes on an idle machine (Python lime alone takes ~110 s per repetition), so not
+# part of `make bench`; ARGS=--quick for a 30-second check.
 bench-lime: model
 	scripts/bench-lime.sh $(ARGS)
 

@@ -53,7 +53,7 @@ LOG="bench/results/lime-$STAMP.server.log"
 target/release/glassbox serve --model "$MODEL_DIR" --host 127.0.0.1 --port "$PORT" \
     --cache-rows 0 --request-timeout-ms 600000 --log-level warn >"$LOG" 2>&1 &
 SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true' EXIT
+trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; [[ -s "$LOG" ]] || rm -f "$LOG"' EXIT
 
 echo "bench-lime: waiting for $URL/ready (server pid $SERVER, log $LOG)" >&2
 for _ in $(seq 1 600); do

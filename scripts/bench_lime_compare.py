@@ -150,6 +150,7 @@ def main():
         return
     if not (a.model_dir and a.url and a.server_pid):
         ap.error("model_dir, --url and --server-pid are required (unless --table-from)")
+
     def emit(record: dict) -> None:
         """One JSON line to stderr (progress) and to --out; stdout keeps only the table."""
         line = json.dumps(record, default=bu._json_default)
@@ -276,6 +277,7 @@ def print_table(results: list, title: str) -> None:
                 r["glassbox_distinct_rows"], f"{r['bound_s']:.3f}", f"{r['bound_s'] / g:.0%}",
                 f"{r['max_other_cpu_frac']:.0%}", f"{min(r['loadavg']):.1f}-{max(r['loadavg']):.1f}"]
         print("| " + " | ".join(str(c) for c in cols) + " |")
+
 
 if __name__ == "__main__":
     main()
