@@ -605,6 +605,18 @@ pub fn linear(x: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
 
+    /// Largest absolute difference between two tensors of the same shape.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn exp_matches_std_over_the_range_softmax_uses() {
         let mut worst = 0f32;
@@ -649,14 +661,7 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        let d = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(&got, &want);
         assert!(d < 1e-6, "softmax diff {d}");
 
         let x = Tensor::randn(0f32, 1.0, (4, 7, 16), &dev).unwrap();
@@ -666,14 +671,7 @@ mod tests {
         let params = Tensor::stack(&[&g, &b], 0).unwrap();
         let want = candle_nn::ops::layer_norm_slow(&(&x + &r).unwrap(), &g, &b, 1e-12).unwrap();
         let got = add_layer_norm_inplace(&x, &r, &params, 1e-12).unwrap();
-        let d = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(&got, &want);
         assert!(d < 1e-5, "layer norm diff {d}");
     }
 
@@ -722,14 +720,7 @@ mod tests {
             .unwrap()
             .reshape((b, l, h))
             .unwrap();
-        let d = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(&got, &want);
         assert!(d < 1e-5, "attention diff {d}");
     }
 
@@ -742,14 +733,7 @@ mod tests {
             let b = Tensor::randn(0f32, 1.0, m, &dev).unwrap();
             let got = linear(&x, &w, &b).unwrap();
             let want = x.matmul(&w).unwrap().broadcast_add(&b).unwrap();
-            let d = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_diff(&got, &want);
             assert!(d < 1e-4, "linear diff {d} at {n}x{k}x{m}");
         }
     }
