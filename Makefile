@@ -13,7 +13,7 @@ ARGS ?=
 
 .PHONY: help model browser test screenshots run openapi bench lint stress clean
 .PHONY: validate-deploy measure-memory
-.PHONY: bench-lime test-slow
+.PHONY: bench-lime bench-perturb test-slow
 
 help:
 	@echo "make model    fetch and verify all-MiniLM-L6-v2 into $(MODEL_DIR) (scripts/fetch-model.sh)"
@@ -24,6 +24,7 @@ help:
 	@echo "make openapi  write openapi/openapi.json"
 	@echo "make bench    Python baseline forward benchmark (scripts/bench.sh)"
 	@echo "make bench-lime  POST /explain/lime against Python lime, side by side (scripts/bench-lime.sh; ARGS=--quick)"
+	@echo "make bench-perturb  POST /explain/shap against Python shap, and occlusion/counterfactual costs (scripts/bench-perturb.sh; ARGS=--quick)"
 	@echo "make test-slow   the slow LIME parity tests (release build, --ignored)"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
 	@echo "make stress   scripts/stress.sh, if present"
@@ -63,6 +64,11 @@ bench: model
 # part of `make bench`; ARGS=--quick for a 30-second check.
 bench-lime: model
 	scripts/bench-lime.sh $(ARGS)
+
+# Kernel SHAP against Python shap at the same number of model evaluations, plus the cost of
+# occlusion and the flip search at their defaults (a few minutes; ARGS=--quick for one sentence).
+bench-perturb: model
+	scripts/bench-perturb.sh $(ARGS)
 
 # Statistical parity with Python lime at 5000 samples, three seeds (minutes, release build).
 test-slow: model

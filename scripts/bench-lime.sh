@@ -37,36 +37,11 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-scripts/fetch-model.sh "$MODEL_DIR" >&2
-# setup-baseline.sh prints the venv's python as its last line of stdout.
-BASELINE_PY="$(scripts/setup-baseline.sh | tail -n 1)"
-[[ -x "$BASELINE_PY" ]] || { echo "bench-lime: baseline python '$BASELINE_PY' not usable" >&2; exit 1; }
-
-cargo build --release >&2
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-URL="http://127.0.0.1:$PORT"
-mkdir -p bench/results
-STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+# shellcheck source=scripts/lib/bench-server.sh
+source scripts/lib/bench-server.sh
+start_bench_server bench-lime "$MODEL_DIR"
 OUT="bench/results/lime-$STAMP.jsonl"
-LOG="bench/results/lime-$STAMP.server.log"
 
-target/release/glassbox serve --model "$MODEL_DIR" --host 127.0.0.1 --port "$PORT" \
-    --cache-rows 0 --request-timeout-ms 600000 --log-level warn >"$LOG" 2>&1 &
-SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; [[ -s "$LOG" ]] || rm -f "$LOG"' EXIT
-
-echo "bench-lime: waiting for $URL/ready (server pid $SERVER, log $LOG)" >&2
-for _ in $(seq 1 600); do
-    if python3 -c "import urllib.request, sys; urllib.request.urlopen('$URL/ready', timeout=2)" 2>/dev/null; then
-        break
-    fi
-    kill -0 "$SERVER" 2>/dev/null || { echo "bench-lime: the server exited; see $LOG" >&2; cat "$LOG" >&2; exit 1; }
-    sleep 0.5
-done
-python3 -c "import urllib.request; urllib.request.urlopen('$URL/ready', timeout=2)" \
-    || { echo "bench-lime: the server never became ready; see $LOG" >&2; exit 1; }
-
-echo "bench-lime: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 # shellcheck disable=SC2086
 "$BASELINE_PY" scripts/bench_lime_compare.py "$MODEL_DIR" --url "$URL" --server-pid "$SERVER" \
     --num-samples $SAMPLES --reps "$REPS" --peak-gflops "$PEAK" --out "$OUT" "${EXTRA[@]}"
