@@ -23,6 +23,8 @@
 //!   without the engine or BERT.
 //! * [`api`]: the router ([`api::app`]), shared request plumbing ([`api::scope`],
 //!   [`api::explain`]), the one error shape ([`api::error`]), the OpenAPI document.
+//! * [`jobs`]: asynchronous jobs' bookkeeping (states, caps, expiry, idempotency keys); the
+//!   routes that run them are [`api::jobs`].
 //! * [`ui`]: the browser playground, static files embedded in the binary.
 //! * [`config`]: one typed configuration (defaults < file < `GLASSBOX_*` < flags).
 //! * [`telemetry`]: logs and Prometheus metrics.
@@ -48,6 +50,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod explain;
+pub mod jobs;
 pub mod model;
 pub mod telemetry;
 pub mod ui;
