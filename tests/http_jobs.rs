@@ -130,7 +130,7 @@ impl TestApp {
         (
             status,
             headers,
-            parse_events(&String::from_utf8(bytes.to_vec()).unwrap()),
+            parse_events(std::str::from_utf8(&bytes).unwrap()),
         )
     }
 
@@ -532,7 +532,7 @@ async fn cancelling_a_running_job_drops_its_rows_and_frees_the_model() {
                 .unwrap();
             let response = router.oneshot(request).await.unwrap();
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
-            parse_events(&String::from_utf8(bytes.to_vec()).unwrap())
+            parse_events(std::str::from_utf8(&bytes).unwrap())
         })
     };
 
@@ -549,7 +549,7 @@ async fn cancelling_a_running_job_drops_its_rows_and_frees_the_model() {
     model.gate.open();
     let state = app.state.clone();
     wait_until("the batch in flight finishes", || {
-        state.engine.counters().rows_evaluated >= before.rows_evaluated + 1
+        state.engine.counters().rows_evaluated > before.rows_evaluated
     })
     .await;
     let after_cancel = app.counters();
