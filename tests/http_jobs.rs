@@ -583,6 +583,20 @@ async fn cancelling_a_running_job_drops_its_rows_and_frees_the_model() {
     let (name, data) = final_of(&events, "cancelled");
     assert_eq!(name, "cancelled");
     assert_eq!(data["state"], "cancelled");
+
+    let response = app
+        .router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let metrics = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(
+        metrics.contains("glassbox_jobs_finished_total{state=\"cancelled\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("glassbox_jobs_live"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

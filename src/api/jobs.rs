@@ -42,6 +42,7 @@ use super::{
 };
 use crate::engine::RowCounts;
 use crate::jobs::{Admission, AdmitError, Job, JobState, Outcome, Status};
+use crate::telemetry::metric;
 
 /// A method a job can run: the synchronous route it stands for.
 pub struct JobMethod {
@@ -349,6 +350,7 @@ pub async fn create_job(
         Ok(Admission::Existing(job)) => Ok(view_response(StatusCode::OK, &job, &state)),
         Ok(Admission::Created(job)) => {
             spawn_job(state.clone(), job.clone(), method, request);
+            count_live(&state);
             Ok(view_response(StatusCode::ACCEPTED, &job, &state))
         }
         Err(error @ AdmitError::Full { retry_after, .. }) => Err(ApiError::JobsFull {
@@ -382,14 +384,30 @@ async fn run_job(state: AppState, job: Arc<Job>, method: &'static JobMethod, req
         progress: job.progress.clone(),
         timeout_ms: Some(timeout_ms),
     };
-    let work = context.scope(call_route(method, state, request));
+    let work = context.scope(call_route(method, state.clone(), request));
     let response = match tokio::time::timeout(timeout, work).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout { timeout_ms }.into_response(),
     };
     let outcome = outcome_of(response).await;
     tracing::info!(status = outcome.status, "job finished");
-    job.finish(outcome);
+    if job.finish(outcome) {
+        count_finished(&state, job.state());
+    }
+}
+
+/// The job metrics after a job was created or finished.
+fn count_live(state: &AppState) {
+    metrics::gauge!(metric::JOBS_LIVE).set(state.jobs.counts().0 as f64);
+}
+
+fn count_finished(state: &AppState, final_state: JobState) {
+    let label = serde_json::to_value(final_state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    metrics::counter!(metric::JOBS_FINISHED, "state" => label).increment(1);
+    count_live(state);
 }
 
 /// Sends `request` to the method's route in-process, as the body of a `POST`.
@@ -496,6 +514,7 @@ pub async fn delete_job(
         .ok_or_else(|| ApiError::JobNotFound(id.clone()))?;
     if job.cancel() {
         tracing::info!(job = %id, "job cancelled");
+        count_finished(&state, JobState::Cancelled);
     } else {
         state.jobs.remove(&id);
     }

@@ -150,9 +150,9 @@ impl Job {
         })
     }
 
-    /// `running -> done | failed`, by the outcome's status; ignored unless running (a
-    /// cancelled job stays cancelled).
-    pub fn finish(&self, outcome: Outcome) {
+    /// `running -> done | failed`, by the outcome's status; ignored (false) unless running: a
+    /// cancelled job stays cancelled.
+    pub fn finish(&self, outcome: Outcome) -> bool {
         let finished = self.status.send_if_modified(|status| {
             if status.state != JobState::Running {
                 return false;
@@ -169,6 +169,7 @@ impl Job {
         if finished {
             lock(&self.task).take();
         }
+        finished
     }
 
     /// `queued | running -> cancelled`, stopping the task: its pending model work is dropped
