@@ -45,6 +45,12 @@
 //! 5. The method turns the outputs into its result (a weighted ridge fit for LIME); the handler
 //!    adds `model`, `prediction`, `tokens` and `usage`, and the response carries the timing
 //!    headers. A client that goes away drops its queued rows.
+//!
+//! Long work takes the same path asynchronously: `POST /jobs` admits a job into the
+//! [`jobs::JobStore`] and [`api::jobs`] sends its request to the same route in-process, inside
+//! an [`api::scope::RunContext`] that gives the request the job's deadline and a progress
+//! report the engine updates batch by batch (watched through `GET /jobs/{id}/events`). A
+//! synchronous route asked with `Accept: text/event-stream` runs the same way, unstored.
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -489,6 +489,17 @@ async fn every_state_transition() {
     assert_eq!(failed["error"], sync["error"], "the route's own error");
     assert_eq!(error_of(&failed["error"]).1.as_deref(), Some("num_samples"));
     assert!(failed.get("result").is_none());
+    // Streamed, the same request ends with the same error as an `error` event.
+    let (status, _, events) = app
+        .stream(event_request(
+            "/explain/lime",
+            json!({"text": "good", "num_samples": 1}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (name, data) = final_of(&events, "failed");
+    assert_eq!(name, "error");
+    assert_eq!(data, sync, "the route's error body");
 
     let never_ran = app.job(&second).await;
     assert_eq!(
