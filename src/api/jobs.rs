@@ -53,49 +53,30 @@ pub struct JobMethod {
     route: fn() -> MethodRouter<AppState>,
 }
 
+/// One entry of [`METHODS`]: `job_method!(name, path, handler)`.
+macro_rules! job_method {
+    ($name:literal, $path:literal, $handler:path) => {
+        JobMethod {
+            name: $name,
+            path: $path,
+            route: || post($handler),
+        }
+    };
+}
+
 /// Every method a job can run, and every route that streams progress when asked; one line
-/// adds one.
+/// adds one (and its case in `tests/http_jobs.rs`, which compares every method's job with its
+/// synchronous answer).
+#[rustfmt::skip]
 pub static METHODS: &[JobMethod] = &[
-    JobMethod {
-        name: "predict",
-        path: "/predict",
-        route: || post(predict::predict),
-    },
-    JobMethod {
-        name: "lime",
-        path: "/explain/lime",
-        route: || post(lime::explain_lime_route),
-    },
-    JobMethod {
-        name: "shap",
-        path: "/explain/shap",
-        route: || post(shap::explain_shap_route),
-    },
-    JobMethod {
-        name: "occlusion",
-        path: "/explain/occlusion",
-        route: || post(occlusion::explain_occlusion_route),
-    },
-    JobMethod {
-        name: "counterfactual",
-        path: "/explain/counterfactual",
-        route: || post(counterfactual::explain_counterfactual_route),
-    },
-    JobMethod {
-        name: "heads",
-        path: "/explain/heads",
-        route: || post(heads::explain_heads_route),
-    },
-    JobMethod {
-        name: "attention",
-        path: "/explain/attention",
-        route: || post(attention::explain_attention),
-    },
-    JobMethod {
-        name: "gradients",
-        path: "/explain/gradients",
-        route: || post(gradients::explain_gradients_route),
-    },
+    job_method!("predict", "/predict", predict::predict),
+    job_method!("lime", "/explain/lime", lime::explain_lime_route),
+    job_method!("shap", "/explain/shap", shap::explain_shap_route),
+    job_method!("occlusion", "/explain/occlusion", occlusion::explain_occlusion_route),
+    job_method!("counterfactual", "/explain/counterfactual", counterfactual::explain_counterfactual_route),
+    job_method!("heads", "/explain/heads", heads::explain_heads_route),
+    job_method!("attention", "/explain/attention", attention::explain_attention),
+    job_method!("gradients", "/explain/gradients", gradients::explain_gradients_route),
 ];
 
 fn method_named(name: &str) -> Result<&'static JobMethod, ApiError> {
