@@ -32,6 +32,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub jobs: JobsConfig,
 }
 
 /// The HTTP side.
@@ -115,6 +116,40 @@ impl Default for LimitsConfig {
             max_input_tokens: 0,
             max_num_samples: 20_000,
             max_attention_values: 2_000_000,
+        }
+    }
+}
+
+/// Asynchronous jobs (`POST /jobs`): long explanations run in the background, with progress.
+/// Jobs and their results live in this process's memory only: a restart loses them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Jobs queued or running at once; beyond it `POST /jobs` answers 503 with Retry-After.
+    pub max_live_jobs: usize,
+    /// Jobs running at once (the rest wait in state `queued`), so background work cannot
+    /// crowd synchronous requests out of the model queue.
+    pub max_running_jobs: usize,
+    /// Jobs kept in memory, live or finished with their results; beyond it `POST /jobs`
+    /// answers 503 with Retry-After until a result expires. Results are held as JSON, so size
+    /// this to the memory a result may take (an attention response can be megabytes).
+    pub max_stored_results: usize,
+    /// Seconds a finished job (result, error or cancellation) is kept, then forgotten (404).
+    pub result_ttl_s: u64,
+    /// Deadline of one job in milliseconds, counted from when it starts running; meant to be
+    /// longer than `server.request_timeout_ms`. Past it the job fails with `timeout` and its
+    /// queued model work is dropped.
+    pub timeout_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            max_live_jobs: 64,
+            max_running_jobs: 2,
+            max_stored_results: 256,
+            result_ttl_s: 600,
+            timeout_ms: 600_000,
         }
     }
 }
@@ -402,6 +437,26 @@ impl Config {
         }
         if limits.max_attention_values == 0 {
             return invalid("limits.max_attention_values must be above 0 (default 2000000)".into());
+        }
+        let jobs = &self.jobs;
+        if jobs.max_live_jobs == 0 || jobs.max_running_jobs == 0 {
+            return invalid(
+                "jobs.max_live_jobs and jobs.max_running_jobs must be at least 1 (defaults 64 and 2)"
+                    .into(),
+            );
+        }
+        if jobs.max_stored_results < jobs.max_live_jobs {
+            return invalid(format!(
+                "jobs.max_stored_results ({}) is below jobs.max_live_jobs ({}): every live job keeps its result when it \
+                 finishes; raise jobs.max_stored_results",
+                jobs.max_stored_results, jobs.max_live_jobs
+            ));
+        }
+        if jobs.result_ttl_s == 0 || jobs.timeout_ms == 0 {
+            return invalid(
+                "jobs.result_ttl_s and jobs.timeout_ms must be above 0 (defaults 600 and 600000)"
+                    .into(),
+            );
         }
         if let Err(e) = log_filter(&self.log.level) {
             return invalid(format!(

@@ -23,6 +23,8 @@
 //!   without the engine or BERT.
 //! * [`api`]: the router ([`api::app`]), shared request plumbing ([`api::scope`],
 //!   [`api::explain`]), the one error shape ([`api::error`]), the OpenAPI document.
+//! * [`jobs`]: asynchronous jobs' bookkeeping (states, caps, expiry, idempotency keys); the
+//!   routes that run them are [`api::jobs`].
 //! * [`ui`]: the browser playground, static files embedded in the binary.
 //! * [`config`]: one typed configuration (defaults < file < `GLASSBOX_*` < flags).
 //! * [`telemetry`]: logs and Prometheus metrics.
@@ -43,11 +45,18 @@
 //! 5. The method turns the outputs into its result (a weighted ridge fit for LIME); the handler
 //!    adds `model`, `prediction`, `tokens` and `usage`, and the response carries the timing
 //!    headers. A client that goes away drops its queued rows.
+//!
+//! Long work takes the same path asynchronously: `POST /jobs` admits a job into the
+//! [`jobs::JobStore`] and [`api::jobs`] sends its request to the same route in-process, inside
+//! an [`api::scope::RunContext`] that gives the request the job's deadline and a progress
+//! report the engine updates batch by batch (watched through `GET /jobs/{id}/events`). A
+//! synchronous route asked with `Accept: text/event-stream` runs the same way, unstored.
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod explain;
+pub mod jobs;
 pub mod model;
 pub mod telemetry;
 pub mod ui;

@@ -30,6 +30,10 @@ pub mod metric {
     pub const DROPPED_ROWS: &str = "glassbox_dropped_rows_total";
     /// Forward passes that failed or panicked (counter).
     pub const FAILED_BATCHES: &str = "glassbox_failed_batches_total";
+    /// Jobs (`/jobs`) queued or running (gauge).
+    pub const JOBS_LIVE: &str = "glassbox_jobs_live";
+    /// Jobs finished, by final `state`: `done`, `failed` or `cancelled` (counter).
+    pub const JOBS_FINISHED: &str = "glassbox_jobs_finished_total";
     /// HTTP requests by `route` and `status` (counter).
     pub const HTTP_REQUESTS: &str = "glassbox_http_requests_total";
     /// HTTP request latency by `route` and `status` (histogram).

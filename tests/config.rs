@@ -157,6 +157,13 @@ fn invalid_settings_name_the_setting_and_the_fix() {
         ),
         ("[limits]\nmax_num_samples = 1\n", "limits.max_num_samples"),
         ("[log]\nlevel = \"info,glassbox=loud\"\n", "log.level"),
+        ("[jobs]\nmax_running_jobs = 0\n", "jobs.max_running_jobs"),
+        (
+            "[jobs]\nmax_live_jobs = 10\nmax_stored_results = 5\n",
+            "raise jobs.max_stored_results",
+        ),
+        ("[jobs]\nresult_ttl_s = 0\n", "jobs.result_ttl_s"),
+        ("[jobs]\ntimeout_ms = 0\n", "jobs.timeout_ms"),
     ];
     for (toml, expected) in cases {
         let message = invalid_message(load(toml));

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glassbox::engine::{Engine, EngineConfig, EngineError, JobOptions};
+use glassbox::engine::{Engine, EngineConfig, EngineError, JobOptions, RowCounts, RowProgress};
 use glassbox::model::toy::{ToyClassifier, ToyOutput};
 use glassbox::model::{Classifier, Row};
 use support::{wait_until, TestModel};
@@ -523,4 +523,64 @@ async fn the_tiny_bert_gives_each_text_the_same_answer_in_a_padded_batch() {
             assert!((a - b).abs() < 1e-5, "logit {a} alone vs {b} in a batch");
         }
     }
+}
+
+fn distinct(rows: &[Row]) -> u64 {
+    rows.iter().collect::<std::collections::HashSet<_>>().len() as u64
+}
+
+#[tokio::test]
+async fn progress_counts_distinct_rows_as_batches_and_the_cache_answer_them() {
+    let (engine, model, blocker) = engine_with_busy_worker(EngineConfig {
+        max_batch_rows: 4,
+        cache_rows: 100,
+        ..config()
+    })
+    .await;
+    let progress = Arc::new(RowProgress::default());
+    let options = JobOptions {
+        progress: Some(progress.clone()),
+        ..JobOptions::default()
+    };
+    let mut rows = varied_rows(10);
+    rows.push(rows[0].clone());
+    let first = distinct(&rows);
+    let job = {
+        let (engine, options) = (engine.clone(), options.clone());
+        tokio::spawn(async move { engine.evaluate(rows, options).await })
+    };
+    let watched = progress.clone();
+    wait_until("the rows are submitted", || {
+        watched.counts().rows_total == first
+    })
+    .await;
+    assert_eq!(
+        progress.counts().rows_done,
+        0,
+        "nothing ran: the model is held"
+    );
+    model.gate.open();
+    job.await.unwrap().unwrap();
+    blocker.await.unwrap();
+    assert_eq!(
+        progress.counts(),
+        RowCounts {
+            rows_done: first,
+            rows_total: first
+        },
+        "a duplicate row counts once"
+    );
+
+    // A second job reporting to the same progress: cached rows are done at once.
+    let more = varied_rows(14);
+    engine.evaluate(more.clone(), options).await.unwrap();
+    let total = first + distinct(&more);
+    assert_eq!(
+        progress.counts(),
+        RowCounts {
+            rows_done: total,
+            rows_total: total
+        }
+    );
+    assert!(engine.counters().cache_hits >= first);
 }

@@ -475,7 +475,7 @@ async fn gradient_jobs_run_through_the_engine() {
     ));
     let past = JobOptions {
         deadline: Some(Instant::now() - Duration::from_millis(1)),
-        bypass_cache: false,
+        ..JobOptions::default()
     };
     assert!(matches!(
         engine.gradients(rows(3), OutputKind::Logit, past).await,

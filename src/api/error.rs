@@ -40,6 +40,14 @@ pub enum ApiError {
     RateLimited { retry_after_s: u64 },
     #[error("the model queue is full; retry after {retry_after_s} s")]
     Overloaded { retry_after_s: u64 },
+    /// `POST /jobs` over a cap of the job store (`overloaded`, with Retry-After).
+    #[error("{message}")]
+    JobsFull { message: String, retry_after_s: u64 },
+    /// No job with this id: never created, deleted, or expired.
+    #[error(
+        "no job {0}: it never existed, was deleted, or finished longer ago than jobs.result_ttl_s"
+    )]
+    JobNotFound(String),
     #[error("{0}")]
     NotReady(String),
     #[error("the request ran past its deadline of {timeout_ms} ms; its queued work was dropped")]
@@ -60,14 +68,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::JobNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Overloaded { .. } | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::JobsFull { .. } | ApiError::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -77,14 +87,14 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidJson(_) => "invalid_json",
-            ApiError::NotFound(_) => "not_found",
+            ApiError::NotFound(_) | ApiError::JobNotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Validation { .. } => "validation_error",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Overloaded { .. } | ApiError::JobsFull { .. } => "overloaded",
             ApiError::NotReady(_) => "not_ready",
             ApiError::Timeout { .. } => "timeout",
             ApiError::Internal(_) => "internal",
@@ -95,9 +105,9 @@ impl ApiError {
         match self {
             ApiError::Validation { field, .. } => json!({ "field": field }),
             ApiError::PayloadTooLarge { limit_bytes } => json!({ "limit_bytes": limit_bytes }),
-            ApiError::Overloaded { retry_after_s } | ApiError::RateLimited { retry_after_s } => {
-                json!({ "retry_after_s": retry_after_s })
-            }
+            ApiError::Overloaded { retry_after_s }
+            | ApiError::RateLimited { retry_after_s }
+            | ApiError::JobsFull { retry_after_s, .. } => json!({ "retry_after_s": retry_after_s }),
             ApiError::Timeout { timeout_ms } => json!({ "timeout_ms": timeout_ms }),
             _ => json!({}),
         }
@@ -156,8 +166,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::Overloaded { retry_after_s } | ApiError::RateLimited { retry_after_s } =
-            self
+        if let ApiError::Overloaded { retry_after_s }
+        | ApiError::RateLimited { retry_after_s }
+        | ApiError::JobsFull { retry_after_s, .. } = self
         {
             response
                 .headers_mut()

@@ -13,6 +13,7 @@ pub mod explain;
 pub mod extract;
 pub mod gradients;
 pub mod heads;
+pub mod jobs;
 pub mod lime;
 pub mod observe;
 pub mod occlusion;
@@ -35,6 +36,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::{Config, ConfigError, EffectiveLimits};
 use crate::engine::{Engine, EngineError};
+use crate::jobs::{JobLimits, JobStore};
 use crate::model::{Classifier, ModelInfo, TextEncoder};
 use crate::telemetry;
 use error::ApiError;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// API keys and rate limits.
     pub access: Arc<auth::Access>,
+    /// Asynchronous jobs (`/jobs`), in memory.
+    pub jobs: JobStore,
 }
 
 /// A short text run through the model before readiness, so the first user request does not pay
@@ -83,6 +87,8 @@ impl AppState {
         let access = Arc::new(auth::Access::from_config(&config.auth)?);
         let engine =
             Engine::start_with_gradients(classifier, gradient_model, config.engine.clone());
+        let jobs = JobStore::new(JobLimits::from(&config.jobs));
+        jobs.start_sweeper();
         Ok(Self {
             config: Arc::new(config),
             engine,
@@ -91,6 +97,7 @@ impl AppState {
             limits,
             metrics: telemetry::metrics_handle(),
             access,
+            jobs,
         })
     }
 
@@ -133,6 +140,9 @@ pub fn app(state: AppState) -> Router {
             post(counterfactual::explain_counterfactual_route),
         )
         .route("/explain/shap", post(shap::explain_shap_route))
+        .route("/jobs", post(jobs::create_job))
+        .route("/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
+        .route("/jobs/{id}/events", get(jobs::job_events))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/info", get(ops::info))
@@ -143,6 +153,8 @@ pub fn app(state: AppState) -> Router {
         // After every route, so that it applies to all of them.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        // Inside the body limit and the access guard: a streamed request passes both first.
+        .layer(middleware::from_fn(jobs::stream_if_asked))
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.access.clone(),
@@ -167,6 +179,8 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
             HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("idempotency-key"),
+            header::ACCEPT,
         ])
         .expose_headers([
             HeaderName::from_static("x-request-id"),
@@ -174,6 +188,7 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
             HeaderName::from_static("x-inference-time"),
             HeaderName::from_static("x-total-time"),
             header::RETRY_AFTER,
+            header::LOCATION,
         ])
 }
 

@@ -24,6 +24,10 @@ use super::{dto, error, ops, predict};
         crate::api::occlusion::explain_occlusion_route,
         crate::api::counterfactual::explain_counterfactual_route,
         crate::api::shap::explain_shap_route,
+        crate::api::jobs::create_job,
+        crate::api::jobs::get_job,
+        crate::api::jobs::delete_job,
+        crate::api::jobs::job_events,
     ),
     components(schemas(
         error::ErrorBody,
@@ -46,11 +50,20 @@ use super::{dto, error, ops, predict};
         crate::api::counterfactual::CounterfactualResponse,
         crate::api::shap::ShapRequest,
         crate::api::shap::ShapResponse,
+        crate::api::jobs::JobRequest,
+        crate::api::jobs::JobView,
+        crate::api::jobs::JobProgress,
+        crate::jobs::JobState,
     )),
     tags(
         (name = "predict", description = "Classification"),
         (name = "operations", description = "Health, readiness, metadata, metrics"),
         (name = "explain", description = "Explanations: which parts of the text drive the prediction"),
+        (name = "jobs", description = "Long work run asynchronously: any `/explain/*` route or \
+            `/predict` as a job with progress (server-sent events), cancellation and a stored \
+            result. The synchronous routes stream the same progress events when asked with \
+            `Accept: text/event-stream`. Jobs live in memory: they survive the client going \
+            away, not a restart."),
     )
 )]
 pub struct ApiDoc;

@@ -77,6 +77,16 @@ pub struct Limits {
     pub max_batch_rows: usize,
     pub cache_rows: usize,
     pub workers: usize,
+    /// Jobs queued or running at once (`jobs.max_live_jobs`).
+    pub max_live_jobs: usize,
+    /// Jobs running at once (`jobs.max_running_jobs`).
+    pub max_running_jobs: usize,
+    /// Jobs stored, live or finished (`jobs.max_stored_results`).
+    pub max_stored_results: usize,
+    /// Seconds a finished job is kept (`jobs.result_ttl_s`).
+    pub job_result_ttl_s: u64,
+    /// Deadline of one job (`jobs.timeout_ms`).
+    pub job_timeout_ms: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -129,6 +139,11 @@ pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
             max_batch_rows: config.engine.max_batch_rows,
             cache_rows: config.engine.cache_rows,
             workers: config.engine.workers,
+            max_live_jobs: config.jobs.max_live_jobs,
+            max_running_jobs: config.jobs.max_running_jobs,
+            max_stored_results: config.jobs.max_stored_results,
+            job_result_ttl_s: config.jobs.result_ttl_s,
+            job_timeout_ms: config.jobs.timeout_ms,
         },
         version: env!("CARGO_PKG_VERSION").into(),
         build: BuildInfo {

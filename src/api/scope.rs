@@ -12,7 +12,7 @@
 //! ```
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
@@ -23,17 +23,43 @@ use serde::Serialize;
 use super::dto::Usage;
 use super::error::ApiError;
 use super::AppState;
-use crate::engine::JobOptions;
+use crate::engine::{JobOptions, RowProgress};
 use crate::explain::{Evaluator, Usage as ExplainUsage};
 use crate::model::gradients::{GradientRow, OutputKind, RowGradient};
 use crate::model::tokenizer::TokenizeError;
 use crate::model::{Encoding, Row, RowOutput};
+
+/// How a request runs when it is more than a plain synchronous request: as an asynchronous
+/// job, or streamed as server-sent events. Set around the handler's future with
+/// [`RunContext::scope`]; [`RequestScope::begin`] picks it up (and keeps it, because methods
+/// then run on blocking threads where task-locals do not reach).
+#[derive(Clone, Debug)]
+pub struct RunContext {
+    /// Where the request's engine work reports rows submitted and done.
+    pub progress: Arc<RowProgress>,
+    /// The deadline in milliseconds; `None` keeps `server.request_timeout_ms`.
+    pub timeout_ms: Option<u64>,
+}
+
+tokio::task_local! {
+    static RUN_CONTEXT: RunContext;
+}
+
+impl RunContext {
+    /// Runs `work` (a route handler's future) with this context.
+    pub async fn scope<F: Future>(self, work: F) -> F::Output {
+        RUN_CONTEXT.scope(self, work).await
+    }
+}
 
 /// One request's view of the service: its deadline and what it has cost so far.
 pub struct RequestScope {
     state: AppState,
     started: Instant,
     deadline: Instant,
+    /// The deadline's length, for the 504's message.
+    timeout_ms: u64,
+    progress: Option<Arc<RowProgress>>,
     /// Behind a lock so explanation methods can share the scope as an [`Evaluator`].
     usage: Mutex<Usage>,
 }
@@ -46,12 +72,19 @@ impl RequestScope {
                 "the model is not ready yet; retry shortly (GET /ready)".into(),
             ));
         }
+        let context = RUN_CONTEXT.try_with(RunContext::clone).ok();
+        let timeout_ms = context
+            .as_ref()
+            .and_then(|c| c.timeout_ms)
+            .unwrap_or(state.config.server.request_timeout_ms);
         let started = Instant::now();
-        let deadline = started + Duration::from_millis(state.config.server.request_timeout_ms);
+        let deadline = started + Duration::from_millis(timeout_ms);
         Ok(Self {
             state: state.clone(),
             started,
             deadline,
+            timeout_ms,
+            progress: context.map(|c| c.progress),
             usage: Mutex::new(Usage::default()),
         })
     }
@@ -106,11 +139,8 @@ impl RequestScope {
 
     /// Runs rows through the engine under this request's deadline; one output per row, in order.
     pub async fn evaluate(&self, rows: Vec<Row>) -> Result<Vec<RowOutput>, ApiError> {
-        let options = JobOptions {
-            deadline: Some(self.deadline),
-            bypass_cache: false,
-        };
-        let timeout_ms = self.state.config.server.request_timeout_ms;
+        let options = self.job_options();
+        let timeout_ms = self.timeout_ms;
         let result = self
             .state
             .engine
@@ -134,11 +164,8 @@ impl RequestScope {
         rows: Vec<GradientRow>,
         output: OutputKind,
     ) -> Result<Vec<RowGradient>, ApiError> {
-        let options = JobOptions {
-            deadline: Some(self.deadline),
-            bypass_cache: false,
-        };
-        let timeout_ms = self.state.config.server.request_timeout_ms;
+        let options = self.job_options();
+        let timeout_ms = self.timeout_ms;
         let result = self
             .state
             .engine
@@ -152,6 +179,14 @@ impl RequestScope {
         usage.queue_ms += stats.queue_ms;
         usage.inference_ms += stats.inference_ms;
         Ok(result.outputs)
+    }
+
+    fn job_options(&self) -> JobOptions {
+        JobOptions {
+            deadline: Some(self.deadline),
+            bypass_cache: false,
+            progress: self.progress.clone(),
+        }
     }
 
     /// What the request has cost so far, `total_ms` measured now.

@@ -1,12 +1,12 @@
 //! One job's shared state: the rows' outputs as they arrive from batches, and the channel back
 //! to the waiting caller. Shared between the caller (through the queue) and the workers.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{lock, EngineError};
+use super::{lock, EngineError, RowProgress};
 use crate::model::RowOutput;
 
 /// What a finished job hands back to `Engine::evaluate` (or `Engine::gradients`, with
@@ -26,6 +26,8 @@ pub(crate) struct JobState<T = RowOutput> {
     pub id: u64,
     pub deadline: Option<Instant>,
     progress: Mutex<Progress<T>>,
+    /// The caller's progress report, told of each row as it arrives.
+    report: Option<Arc<RowProgress>>,
 }
 
 /// What the queue needs to know of any job to drop it.
@@ -76,7 +78,14 @@ impl<T: Clone> JobState<T> {
             id,
             deadline,
             progress: Mutex::new(progress),
+            report: None,
         }
+    }
+
+    /// Reports every row this job completes to `report`.
+    pub fn with_report(mut self, report: Option<Arc<RowProgress>>) -> Self {
+        self.report = report;
+        self
     }
 
     /// True when nobody waits for this job any more (answered, or the caller went away), so its
@@ -106,12 +115,17 @@ impl<T: Clone> JobState<T> {
             return;
         }
         progress.inference += elapsed;
+        let mut arrived = 0;
         for (slot, tokens, output) in results {
             if progress.outputs[slot].is_none() {
                 progress.outputs[slot] = Some(output.clone());
                 progress.missing -= 1;
                 progress.tokens_evaluated += tokens;
+                arrived += 1;
             }
+        }
+        if let Some(report) = &self.report {
+            report.completed(arrived);
         }
         if progress.missing == 0 {
             let completed = Completed {

@@ -73,6 +73,56 @@ pub struct JobOptions {
     pub deadline: Option<Instant>,
     /// Evaluate every row even if cached (warm-up must really run the model).
     pub bypass_cache: bool,
+    /// Where the job reports its rows: submitted when admitted, done as batches (or the cache)
+    /// answer them. One report may count the rows of many jobs (every job of one request).
+    pub progress: Option<Arc<RowProgress>>,
+}
+
+/// Rows submitted and rows done, summed over the jobs that report to it: the progress of a
+/// long request, readable (and awaitable) while its jobs run.
+#[derive(Debug)]
+pub struct RowProgress {
+    counts: tokio::sync::watch::Sender<RowCounts>,
+}
+
+/// A snapshot of a [`RowProgress`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RowCounts {
+    /// Distinct rows answered so far (by a batch or by the row cache).
+    pub rows_done: u64,
+    /// Distinct rows submitted so far; grows when a method submits more work.
+    pub rows_total: u64,
+}
+
+impl Default for RowProgress {
+    fn default() -> Self {
+        Self {
+            counts: tokio::sync::watch::Sender::new(RowCounts::default()),
+        }
+    }
+}
+
+impl RowProgress {
+    pub fn submitted(&self, rows: usize) {
+        if rows > 0 {
+            self.counts.send_modify(|c| c.rows_total += rows as u64);
+        }
+    }
+
+    pub fn completed(&self, rows: usize) {
+        if rows > 0 {
+            self.counts.send_modify(|c| c.rows_done += rows as u64);
+        }
+    }
+
+    pub fn counts(&self) -> RowCounts {
+        *self.counts.borrow()
+    }
+
+    /// A receiver that wakes on every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<RowCounts> {
+        self.counts.subscribe()
+    }
 }
 
 /// What a job cost.
@@ -301,6 +351,10 @@ impl Engine {
             counter!(metric::CACHE_HITS).increment(cache_hits as u64);
         }
         let distinct_rows = distinct.len();
+        if let Some(progress) = &options.progress {
+            progress.submitted(distinct_rows);
+            progress.completed(cache_hits);
+        }
         let misses: Vec<(usize, Row)> = distinct
             .into_iter()
             .enumerate()
@@ -314,7 +368,8 @@ impl Engine {
                 tokens_evaluated: 0,
             }
         } else {
-            self.run_job(cached, misses, options.deadline).await?
+            self.run_job(cached, misses, options.deadline, options.progress)
+                .await?
         };
 
         let inference_ms = completed.inference.as_secs_f64() * 1e3;
@@ -340,11 +395,12 @@ impl Engine {
         cached: Vec<Option<RowOutput>>,
         misses: Vec<(usize, Row)>,
         deadline: Option<Instant>,
+        progress: Option<Arc<RowProgress>>,
     ) -> Result<Completed, EngineError> {
         let shared = self.shared();
         let (reply, answer) = oneshot::channel();
         let id = shared.next_job_id.fetch_add(1, Ordering::Relaxed);
-        let job = Arc::new(JobState::new(id, deadline, cached, reply));
+        let job = Arc::new(JobState::new(id, deadline, cached, reply).with_report(progress));
         {
             let mut queue = lock(&shared.queue);
             queue.admit(job, misses, shared.config.max_queued_rows)?;
@@ -419,6 +475,9 @@ impl Engine {
             return Err(EngineError::Timeout);
         }
         let distinct_rows = rows.len();
+        if let Some(progress) = &options.progress {
+            progress.submitted(distinct_rows);
+        }
         let completed = if rows.is_empty() {
             Completed {
                 outputs: Vec::new(),
@@ -428,12 +487,10 @@ impl Engine {
         } else {
             let (reply, answer) = oneshot::channel();
             let id = shared.next_job_id.fetch_add(1, Ordering::Relaxed);
-            let job = Arc::new(JobState::new(
-                id,
-                options.deadline,
-                vec![None; rows.len()],
-                reply,
-            ));
+            let job = Arc::new(
+                JobState::new(id, options.deadline, vec![None; rows.len()], reply)
+                    .with_report(options.progress.clone()),
+            );
             {
                 let mut queue = lock(&shared.queue);
                 queue.admit_gradients(
@@ -482,8 +539,8 @@ impl Engine {
         self.evaluate(
             rows,
             JobOptions {
-                deadline: None,
                 bypass_cache: true,
+                ..JobOptions::default()
             },
         )
         .await?;
