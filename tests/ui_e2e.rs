@@ -4,10 +4,12 @@
 //! milliseconds; `GLASSBOX_UI_E2E_MODEL` picks another model folder) on a loopback port,
 //! starts Debian's `chromedriver` with `chromium`, and talks WebDriver's JSON over HTTP with
 //! the small blocking client below (plain `std::net`, no extra crate to compile). It types a
-//! sentence, runs LIME and checks the highlighted words and the bars, opens the attention view
-//! and checks the heatmap's cells for a chosen layer and head, checks that the browser logged
-//! no error and fetched nothing from another origin, and loads `/docs` and checks the routes
-//! are listed.
+//! sentence, runs LIME (as a job, with its progress bar) and checks the highlighted words and
+//! the bars, cancels a long LIME job from the page and checks the server cancelled it, opens the
+//! attention view and checks the heatmap's cells for a chosen layer and head, compares methods
+//! (one ranked row per method, with its scores and highlighted words), checks that the browser
+//! logged no error and fetched nothing from another origin, and loads `/docs` and checks the
+//! routes are listed.
 //!
 //! `scripts/install-browser.sh` (run by `make test`) installs the browser. Without it the test
 //! is skipped with a message, unless `CI` or `GLASSBOX_REQUIRE_BROWSER` is set, when it fails.
@@ -32,6 +34,14 @@ use serde_json::{json, Value};
 const TEXT: &str = "Unbelievably wonderful acting rescued this thin plot.";
 /// Samples for LIME: a handful is enough to draw the view.
 const LIME_SAMPLES: usize = 60;
+/// A text of many distinct words: LIME's samples are then (nearly) all distinct model rows, so
+/// a job with many samples runs long enough to be watched and cancelled.
+const LONG_TEXT: &str = "Unbelievably wonderful acting rescued this thin plot, although the \
+    soundtrack felt loud, the pacing dragged near its middle, several jokes landed flat, some \
+    costumes looked cheap, every villain seemed bored, yet brave camera work, sharp editing and \
+    one remarkable final scene kept viewers quietly hopeful until credits rolled.";
+/// LIME samples of the job that is cancelled: the service's maximum.
+const LONG_SAMPLES: usize = 20_000;
 /// How long any one wait may take before the test fails with what it was waiting for.
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -384,6 +394,23 @@ impl Browser {
         .unwrap_or(0) as usize
     }
 
+    /// Presses a key `times` times on whatever has the focus (WebDriver key actions).
+    fn press(&self, key: &str, times: usize) {
+        let actions: Vec<Value> = (0..times)
+            .flat_map(|_| {
+                [
+                    json!({"type": "keyDown", "value": key}),
+                    json!({"type": "keyUp", "value": key}),
+                ]
+            })
+            .collect();
+        self.command(
+            "POST",
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        );
+    }
+
     /// Browser log entries since the last call (chromedriver's `goog:loggingPrefs`).
     fn log(&self) -> Vec<Value> {
         match self.command("POST", "/se/log", Some(json!({"type": "browser"}))) {
@@ -474,6 +501,18 @@ fn base64_decode(text: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The job progress bar's state, as the page left it.
+fn progress(browser: &Browser) -> Value {
+    browser.execute(
+        "const p = document.getElementById('progress'); \
+         return {role: p.getAttribute('role'), hidden: document.getElementById('progress-wrap').hidden, \
+                 job: p.dataset.job || null, state: p.dataset.state || null, \
+                 events: Number(p.dataset.events || 0), now: p.getAttribute('aria-valuenow'), \
+                 max: p.getAttribute('aria-valuemax')};",
+        json!([]),
+    )
 }
 
 /// Errors in the browser log, leaving out the ones a test provokes on purpose.
@@ -569,6 +608,90 @@ fn playground_draws_lime_and_attention_and_docs_list_the_routes() {
         "the prediction shows every label's probability"
     );
     browser.screenshot(shots.as_deref(), "lime");
+
+    let jobs = spec["paths"]["/jobs"]["post"].is_object();
+    if jobs {
+        // LIME ran as a job: the progress bar ended at its final value, and the job the page
+        // created is the one the server ran.
+        let bar = progress(&browser);
+        assert_eq!(bar["role"], json!("progressbar"), "{bar}");
+        assert_eq!(
+            bar["hidden"],
+            json!(false),
+            "the bar stays with the result: {bar}"
+        );
+        assert_eq!(bar["state"], json!("done"), "{bar}");
+        assert!(
+            bar["events"].as_u64().unwrap_or(0) >= 1,
+            "progress events: {bar}"
+        );
+        let (now, max) = (bar["now"].as_str(), bar["max"].as_str());
+        assert!(
+            now.is_some() && now == max && max != Some("0"),
+            "the bar reached its final value: {bar}"
+        );
+        let id = bar["job"].as_str().expect("the job's id on the bar");
+        let (status, job) = http(server.address, "GET", &format!("/jobs/{id}"), None);
+        assert_eq!(status, 200, "{job}");
+        assert_eq!(job["method"], json!("lime"));
+        assert_eq!(job["state"], json!("done"));
+        assert_eq!(
+            job["result"]["params"]["num_samples"],
+            json!(LIME_SAMPLES),
+            "the page's request ran as the job: {job}"
+        );
+        assert_eq!(
+            job["progress"]["rows_done"].to_string(),
+            max.unwrap(),
+            "the bar shows the job's rows"
+        );
+
+        // A long job: watched while it runs, then cancelled from the page (DELETE /jobs/{id}).
+        browser.type_into("#text", LONG_TEXT);
+        browser.type_into("#num_samples", &LONG_SAMPLES.to_string());
+        let started = Instant::now();
+        browser.click("#run");
+        let running = browser.wait_for(
+            "the long job's progress",
+            "const p = document.getElementById('progress'); \
+             const now = Number(p.getAttribute('aria-valuenow')), max = Number(p.getAttribute('aria-valuemax')); \
+             return document.body.dataset.state === 'busy' && p.dataset.state === 'running' \
+               && now > 0 && max > now ? p.dataset.job : null;",
+            json!([]),
+        );
+        browser.screenshot(shots.as_deref(), "progress");
+        browser.click("#cancel");
+        browser.wait_for(
+            "the page to show the cancellation",
+            "return document.body.dataset.state === 'error' \
+               && document.getElementById('status').textContent === 'Cancelled.' \
+               && document.getElementById('cancel').hidden;",
+            json!([]),
+        );
+        eprintln!("long job cancelled after {:?}", started.elapsed());
+        let id = running.as_str().unwrap();
+        let (status, job) = http(server.address, "GET", &format!("/jobs/{id}"), None);
+        assert_eq!(status, 200, "{job}");
+        assert_eq!(
+            job["state"],
+            json!("cancelled"),
+            "the server cancelled it: {job}"
+        );
+        let (done, total) = (
+            job["progress"]["rows_done"].as_u64().unwrap(),
+            job["progress"]["rows_total"].as_u64().unwrap(),
+        );
+        assert!(done < total, "cancelled before its rows were done: {job}");
+        assert_eq!(
+            browser.execute("return document.getElementById('error').hidden;", json!([])),
+            json!(true),
+            "a cancellation is not an error"
+        );
+        browser.type_into("#text", TEXT);
+        browser.type_into("#num_samples", &LIME_SAMPLES.to_string());
+    } else {
+        eprintln!("jobs: not on this server yet; progress not checked");
+    }
 
     // Attention: one head of the last layer, token granularity: an L x L heatmap.
     browser.click("input[name=method][value=attention]");
@@ -688,6 +811,74 @@ fn playground_draws_lime_and_attention_and_docs_list_the_routes() {
         browser.screenshot(shots.as_deref(), method);
     }
 
+    // Compare: one ranked row per method, each with its two scores and the words coloured.
+    if has_route("/explain/compare") {
+        browser.type_into("#text", TEXT);
+        browser.click("input[name=method][value=compare]");
+        let methods = browser.count("input[name=compare-method]:checked");
+        assert!(methods >= 2, "several methods are compared by default");
+        browser.click("#run");
+        browser.wait_for(
+            "the comparison",
+            "return document.body.dataset.state !== 'busy' && document.body.dataset.method === 'compare' \
+             && (document.body.dataset.state === 'error' || !document.getElementById('view-compare').hidden);",
+            json!([]),
+        );
+        let error = browser.execute(
+            "const e = document.getElementById('error'); return e.hidden ? null : e.textContent;",
+            json!([]),
+        );
+        assert_eq!(error, Value::Null, "compare failed in the page");
+        let rows = browser.execute(
+            "return Array.from(document.querySelectorAll('#compare-table tbody tr')).map(tr => ({ \
+               method: tr.dataset.method, rank: tr.querySelector('.rank').textContent, \
+               comp: tr.querySelector('.comp').textContent, suff: tr.querySelector('.suff').textContent, \
+               words: tr.querySelectorAll('.highlight .w').length }));",
+            json!([]),
+        );
+        let rows = rows.as_array().expect("rows");
+        assert_eq!(rows.len(), methods, "one row per method: {rows:?}");
+        let mut last = f64::INFINITY;
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(
+                row["rank"],
+                json!(format!("#{}", i + 1)),
+                "ranked rows: {row}"
+            );
+            let comp: f64 = row["comp"]
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .unwrap_or(f64::NAN);
+            let suff: f64 = row["suff"]
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .unwrap_or(f64::NAN);
+            assert!(
+                comp.is_finite() && suff.is_finite(),
+                "numbers in every row: {row}"
+            );
+            assert!(
+                comp <= last + 1e-9,
+                "ordered by comprehensiveness: {rows:?}"
+            );
+            last = comp;
+            assert_eq!(
+                row["words"],
+                json!(server.words),
+                "every word highlighted for each method: {row}"
+            );
+        }
+        if jobs {
+            let bar = progress(&browser);
+            assert_eq!(bar["state"], json!("done"), "compare ran as a job: {bar}");
+        }
+        browser.screenshot(shots.as_deref(), "compare");
+    } else {
+        eprintln!("compare: not on this server yet; not checked");
+    }
+
     let log = browser.log();
     let logged = errors(&log);
     assert!(
@@ -747,6 +938,48 @@ fn playground_draws_lime_and_attention_and_docs_list_the_routes() {
         "the page scrolls sideways at phone width by {overflow} px"
     );
     browser.screenshot(shots.as_deref(), "phone");
+    if has_route("/explain/compare") {
+        // The comparison at phone width, picked and run from the keyboard.
+        browser.type_into("#text", TEXT);
+        browser.click("input[name=method][value=lime]");
+        // Arrow keys move through the radio group, from LIME to the last method (compare).
+        let steps = browser.execute(
+            "const r = Array.from(document.querySelectorAll('input[name=method]')); \
+             return r.findIndex(i => i.value === 'compare') - r.findIndex(i => i.value === 'lime');",
+            json!([]),
+        );
+        browser.press(
+            "\u{E015}",
+            steps.as_u64().expect("compare after lime") as usize,
+        ); // ArrowDown
+        browser.wait_for(
+            "the compare method picked with the arrow keys",
+            "return document.querySelector('input[name=method]:checked').value === 'compare' \
+               && !document.querySelector('.compare-methods').hidden;",
+            json!([]),
+        );
+        let text = browser.element("#text");
+        browser.command(
+            "POST",
+            &format!("/element/{text}/value"),
+            Some(json!({"text": "\u{E009}\u{E007}"})), // Ctrl+Enter runs
+        );
+        browser.wait_for(
+            "the comparison at phone width",
+            "return document.body.dataset.state === 'done' && document.body.dataset.method === 'compare' \
+               && document.querySelectorAll('#compare-table tbody tr').length > 0;",
+            json!([]),
+        );
+        let overflow = browser.execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            json!([]),
+        );
+        assert!(
+            overflow.as_i64().unwrap_or(0) <= 0,
+            "the comparison scrolls the page sideways at phone width by {overflow} px"
+        );
+        browser.screenshot(shots.as_deref(), "compare-phone");
+    }
     browser.command(
         "POST",
         "/window/rect",

@@ -5,8 +5,16 @@
 // has, so a method that is not on the server yet is shown as unavailable, and a parameter is
 // only sent when the route takes it (every route refuses unknown fields).
 //
+// Long work runs as a job (POST /jobs) when the server has the jobs API: LIME, SHAP, the head
+// sweep and the comparison always do, whatever their size, so that every run of them shows
+// the same progress bar (model rows done of rows submitted, from GET /jobs/{id}/events) and
+// Cancel really stops the model work (DELETE /jobs/{id}). The events are read with fetch and a
+// stream reader rather than EventSource, because EventSource cannot send the API key. The
+// other methods answer in one request.
+//
 // Hooks for the end-to-end test: <body data-ready="1"> once /info and /openapi.json have been
-// read; <body data-state="busy|done|error"> and data-method for the last run.
+// read; <body data-state="busy|done|error"> and data-method for the last run; the progress bar
+// carries data-job (the job id), data-state and data-events (progress events received).
 "use strict";
 
 (() => {
@@ -21,6 +29,23 @@
     attention: { route: "/explain/attention", kind: "attention", title: "Attention" },
     heads: { route: "/explain/heads", kind: "heads", title: "Head importance" },
     counterfactual: { route: "/predict", kind: "counterfactual", title: "Counterfactuals" },
+    compare: { route: "/explain/compare", kind: "compare", title: "Methods compared" },
+  };
+  // Methods run as jobs, by their name in POST /jobs.
+  const JOB_METHODS = { lime: "lime", shap: "shap", heads: "heads", compare: "compare" };
+
+  // The comparison's methods (the server's list comes from /openapi.json when it has one).
+  const COMPARE_METHODS = ["lime", "shap", "occlusion", "integrated_gradients", "saliency", "grad_x_input", "attention_rollout", "random"];
+  const COMPARE_CHECKED = ["lime", "shap", "occlusion", "integrated_gradients", "attention_rollout", "random"];
+  const COMPARE_NAMES = {
+    lime: "LIME",
+    shap: "SHAP",
+    occlusion: "occlusion",
+    integrated_gradients: "integrated gradients",
+    saliency: "saliency",
+    grad_x_input: "gradient × input",
+    attention_rollout: "attention rollout",
+    random: "random (baseline)",
   };
 
   const NOTES = {
@@ -31,6 +56,7 @@
     attention: "Post-softmax attention of one head, the mean over heads, or the rollout through every layer.",
     heads: "Switches each attention head off in turn and reports the drop of the target's probability.",
     counterfactual: "Evaluates edited variants of the text and marks those whose predicted label flips.",
+    compare: "Runs several methods on the same words, scores each with ERASER comprehensiveness and sufficiency, and ranks them by how faithful they are.",
   };
 
   const $ = (id) => document.getElementById(id);
@@ -44,24 +70,38 @@
     controller: null,
     timer: null,
     attentionSeq: 0,
+    compareLabel: 0,
   };
 
   // ---------------------------------------------------------------- helpers
 
   class ApiFailure extends Error {
-    constructor(message, code, status) {
+    constructor(message, code, status, details) {
       super(message);
       this.code = code;
       this.status = status;
+      this.details = details || {};
     }
+  }
+
+  /** The API's error body ({"error": {code, message, details}}) as an ApiFailure. */
+  function failureOf(parsed, status, fallback) {
+    const err = parsed && parsed.error;
+    if (err && typeof err.message === "string") return new ApiFailure(err.message, err.code || "error", status, err.details);
+    return new ApiFailure(fallback, "http", status);
+  }
+
+  function authHeaders(extra) {
+    const headers = { ...extra };
+    const key = apiKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
+    return headers;
   }
 
   /** POSTs JSON (or GETs when body is undefined); returns the parsed body or throws ApiFailure
    * with the API's own message. */
   async function api(path, body, signal) {
-    const init = { signal, headers: { Accept: "application/json" } };
-    const key = apiKey();
-    if (key) init.headers.Authorization = `Bearer ${key}`;
+    const init = { signal, headers: authHeaders({ Accept: "application/json" }) };
     if (body !== undefined) {
       init.method = "POST";
       init.headers["Content-Type"] = "application/json";
@@ -81,13 +121,7 @@
     } catch (_) {
       parsed = null;
     }
-    if (!response.ok) {
-      const err = parsed && parsed.error;
-      if (err && typeof err.message === "string") {
-        throw new ApiFailure(err.message, err.code || "error", response.status);
-      }
-      throw new ApiFailure(`${response.status} ${response.statusText}`.trim(), "http", response.status);
-    }
+    if (!response.ok) throw failureOf(parsed, response.status, `${response.status} ${response.statusText}`.trim());
     if (parsed === null) throw new ApiFailure("The service answered with a body that is not JSON.", "bad_body", response.status);
     return parsed;
   }
@@ -264,6 +298,171 @@
     $("run").disabled = false;
     $("cancel").hidden = true;
     if (message !== undefined) $("status").replaceChildren(document.createTextNode(message));
+  }
+
+  // ---------------------------------------------------------------- jobs and progress
+
+  /** Whether this server runs jobs (POST /jobs in its OpenAPI document). */
+  function hasJobs() {
+    return Boolean(state.openapi && state.openapi.paths && state.openapi.paths["/jobs"] && state.openapi.paths["/jobs"].post);
+  }
+
+  function resetProgress() {
+    const bar = $("progress");
+    bar.classList.remove("indeterminate");
+    for (const a of ["aria-valuenow", "aria-valuemax", "aria-valuetext", "data-job", "data-state"]) bar.removeAttribute(a);
+    bar.dataset.events = "0";
+    $("progress-fill").style.width = "0";
+    $("progress-text").textContent = "";
+    $("progress-wrap").hidden = true;
+  }
+
+  /** Draws a job's progress: rows done of rows submitted so far (the total can still grow). */
+  function showProgress(jobState, counts) {
+    const bar = $("progress");
+    const done = isNum(counts && counts.rows_done) ? counts.rows_done : 0;
+    const total = isNum(counts && counts.rows_total) ? counts.rows_total : 0;
+    bar.dataset.state = jobState;
+    bar.dataset.events = String(Number(bar.dataset.events || 0) + 1);
+    bar.setAttribute("aria-valuemin", "0");
+    if (total > 0) {
+      bar.classList.remove("indeterminate");
+      bar.setAttribute("aria-valuemax", String(total));
+      bar.setAttribute("aria-valuenow", String(Math.min(done, total)));
+      bar.setAttribute("aria-valuetext", `${done} of ${total} model rows, ${jobState}`);
+      $("progress-fill").style.width = `${((Math.min(done, total) / total) * 100).toFixed(1)}%`;
+    } else {
+      // Nothing submitted yet (queued, or the text itself being encoded): no value to show.
+      bar.classList.toggle("indeterminate", !["done", "failed", "cancelled"].includes(jobState));
+      bar.removeAttribute("aria-valuenow");
+      bar.removeAttribute("aria-valuemax");
+      bar.setAttribute("aria-valuetext", jobState);
+      $("progress-fill").style.width = "0";
+    }
+    $("progress-text").textContent = total > 0 ? `${jobState}: ${done} / ${total} model rows` : `${jobState}…`;
+    $("progress-wrap").hidden = false;
+  }
+
+  /** Reads a server-sent event stream, handing each event to `onEvent(name, data)` until it
+   * returns something other than undefined (returned) or the stream ends (undefined). */
+  async function readEvents(stream, onEvent) {
+    const reader = stream.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return undefined;
+        buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          let name = "message";
+          const data = [];
+          for (const line of block.split("\n")) {
+            if (line === "" || line.startsWith(":")) continue; // comments keep the stream alive
+            const colon = line.indexOf(":");
+            const field = colon < 0 ? line : line.slice(0, colon);
+            let v = colon < 0 ? "" : line.slice(colon + 1);
+            if (v.startsWith(" ")) v = v.slice(1);
+            if (field === "event") name = v;
+            else if (field === "data") data.push(v);
+          }
+          if (data.length === 0) continue;
+          const out = onEvent(name, data.join("\n"));
+          if (out !== undefined) return out;
+        }
+      }
+    } finally {
+      reader.cancel().catch(() => {});
+    }
+  }
+
+  function parseJson(text, what) {
+    try {
+      return JSON.parse(text);
+    } catch (_) {
+      throw new ApiFailure(`The service sent ${what} that is not JSON.`, "bad_body", 0);
+    }
+  }
+
+  /** Runs `request` as a job of `jobMethod` and follows its events; resolves with the route's
+   * body or throws the route's error. Aborting `signal` cancels the job (DELETE). */
+  async function runJob(jobMethod, request, signal) {
+    resetProgress();
+    const created = await api("/jobs", { method: jobMethod, request }, signal);
+    const id = created.id;
+    const path = `/jobs/${encodeURIComponent(id)}`;
+    $("progress").dataset.job = id;
+    showProgress(created.state || "queued", created.progress);
+    const cancel = () => {
+      // keepalive: the cancellation still goes out if the page is being left.
+      fetch(path, { method: "DELETE", keepalive: true, headers: authHeaders({ Accept: "application/json" }) }).catch(() => {});
+    };
+    signal.addEventListener("abort", cancel, { once: true });
+    try {
+      let final;
+      const response = await fetch(`${path}/events`, { signal, headers: authHeaders({ Accept: "text/event-stream" }) });
+      if (!response.ok || !response.body) {
+        const raw = await response.text();
+        let parsed = null;
+        try {
+          parsed = JSON.parse(raw);
+        } catch (_) {
+          parsed = null;
+        }
+        throw failureOf(parsed, response.status, `${response.status} ${response.statusText}`.trim());
+      }
+      final = await readEvents(response.body, (name, data) => {
+        if (name === "progress") {
+          const p = parseJson(data, "a progress event");
+          showProgress(p.state, p);
+          return undefined;
+        }
+        if (name === "result" || name === "error" || name === "cancelled") return { name, data };
+        return undefined;
+      });
+      if (!final) {
+        // The stream ended without its final event (a proxy cut it): ask for the job once.
+        const view = await api(path, undefined, signal);
+        showProgress(view.state, view.progress);
+        if (view.state === "done") return view.result;
+        if (view.state === "failed") throw failureOf({ error: view.error }, view.status, "The job failed.");
+        if (view.state === "cancelled") throw new DOMException("The job was cancelled.", "AbortError");
+        throw new ApiFailure(`The job's event stream ended while it was ${view.state}; its result will be at GET ${path}.`, "stream_ended", 0);
+      }
+      if (final.name === "result") return parseJson(final.data, "a result");
+      if (final.name === "cancelled") throw new DOMException("The job was cancelled.", "AbortError");
+      // The route's error body; the job view adds the HTTP status the route answered.
+      let status = 0;
+      try {
+        const view = await api(path, undefined, signal);
+        status = view.status || 0;
+      } catch (_) {
+        status = 0;
+      }
+      throw failureOf(parseJson(final.data, "an error"), status, "The job failed.");
+    } finally {
+      signal.removeEventListener("abort", cancel);
+    }
+  }
+
+  /** Calls a method's route: as a job with progress when the server runs that method as a
+   * job, else directly. */
+  async function callMethod(method, request, signal) {
+    const jobMethod = JOB_METHODS[method];
+    if (jobMethod && hasJobs()) {
+      try {
+        return await runJob(jobMethod, request, signal);
+      } catch (error) {
+        // A server whose jobs do not know this method yet: the route directly.
+        const unknownMethod = error instanceof ApiFailure && error.status === 422 && error.details && error.details.field === "method" && !$("progress").dataset.job;
+        if (!unknownMethod) throw error;
+        resetProgress();
+      }
+    }
+    return api(METHODS[method].route, request, signal);
   }
 
   // ---------------------------------------------------------------- prediction
@@ -546,6 +745,117 @@
     if (isNum(b.flips)) meta.push(`${b.flips} flip${b.flips === 1 ? "" : "s"}`);
     if (typeof b.exact === "boolean") meta.push(b.exact ? "exact" : "sampled");
     $("attribution-meta").textContent = meta.join(" · ");
+    renderFaithLine($("attribution-faith"), faithfulnessOf(b, entry, i));
+  }
+
+  /** The faithfulness block of one drawn label: in the label's own entry (gradients) or in the
+   * response's `faithfulness` list, by target (lime, shap, occlusion). */
+  function faithfulnessOf(body, entry, i) {
+    const own = entry.extra && entry.extra.faithfulness;
+    if (own && !Array.isArray(own) && isNum(own.aopc_comprehensiveness)) return own;
+    const list = Array.isArray(body.faithfulness) ? body.faithfulness : body.faithfulness ? [body.faithfulness] : [];
+    return list.find((f) => f && f.target === entry.label) || (list.length === 1 ? list[0] : list[i]) || null;
+  }
+
+  /** AOPC under the highlighted text. */
+  function renderFaithLine(box, f) {
+    box.replaceChildren();
+    if (!f || !isNum(f.aopc_comprehensiveness)) {
+      box.hidden = true;
+      return;
+    }
+    box.append(
+      el("strong", { text: "Faithfulness: " }),
+      "AOPC comprehensiveness ", el("span", { class: "aopc-comp", text: fmt(f.aopc_comprehensiveness, 4) }), " (higher is better) · ",
+      "AOPC sufficiency ", el("span", { class: "aopc-suff", text: fmt(f.aopc_sufficiency, 4) }), " (lower is better)",
+    );
+    box.hidden = false;
+  }
+
+  // ---------------------------------------------------------------- comparison
+
+  /** The comparison's method names this server knows (its CompareMethod enum). */
+  function compareMethodNames() {
+    const schemas = state.openapi && state.openapi.components && state.openapi.components.schemas;
+    const e = schemas && schemas.CompareMethod && schemas.CompareMethod.enum;
+    return Array.isArray(e) && e.length ? e : COMPARE_METHODS;
+  }
+
+  function fillCompareMethods() {
+    const box = $("compare-methods");
+    const checked = new Set(Array.from(box.querySelectorAll("input:checked")).map((i) => i.value));
+    const first = box.children.length === 0;
+    box.replaceChildren();
+    for (const name of compareMethodNames()) {
+      const on = first ? COMPARE_CHECKED.includes(name) : checked.has(name);
+      box.append(el("label", {}, el("input", { type: "checkbox", name: "compare-method", value: name, checked: on }), ` ${COMPARE_NAMES[name] || name.replace(/_/g, " ")}`));
+    }
+  }
+
+  function compareRequest() {
+    const route = METHODS.compare.route;
+    const request = { text: state.text };
+    addTarget(request, route);
+    numberParam(request, route, "seed", "seed");
+    const methods = Array.from(document.querySelectorAll('input[name="compare-method"]:checked')).map((i) => i.value);
+    // An empty list is sent as is: the API's own message says what to do.
+    request.methods = methods;
+    const samples = Number($("num_samples").value);
+    if (methods.includes("lime") && $("num_samples").value.trim() !== "" && Number.isFinite(samples)) request.lime = { num_samples: samples };
+    const evals = Number($("max_evals").value);
+    if (methods.includes("shap") && $("max_evals").value.trim() !== "" && Number.isFinite(evals)) request.shap = { max_evals: evals };
+    return request;
+  }
+
+  function renderCompare(body, text) {
+    const targets = Array.isArray(body.targets) && body.targets.length ? body.targets : [0];
+    const pick = $("compare-label");
+    pick.replaceChildren();
+    targets.forEach((t, k) => pick.append(el("option", { value: k, text: labelName(t) })));
+    $("compare-label-wrap").hidden = targets.length < 2;
+    state.compareLabel = Math.min(state.compareLabel, targets.length - 1);
+    pick.value = String(state.compareLabel);
+    const meta = [];
+    if (body.params && isNum(body.params.seed)) meta.push(`seed ${body.params.seed}`);
+    if (body.params && body.params.mask) meta.push(`words removed by ${body.params.mask}`);
+    if (Array.isArray(body.features)) meta.push(`${body.features.length} words`);
+    if (targets.length > 1) meta.push(`scores: mean over ${targets.length} labels`);
+    if (body.faithfulness_usage && isNum(body.faithfulness_usage.model_evaluations)) meta.push(`faithfulness: ${body.faithfulness_usage.model_evaluations} model rows`);
+    $("compare-meta").textContent = meta.join(" · ");
+    $("view-compare").hidden = false;
+    drawCompare(body, text, state.compareLabel);
+  }
+
+  function drawCompare(body, text, k) {
+    const tbody = $("compare-table").querySelector("tbody");
+    tbody.replaceChildren();
+    const toU16 = byteToUtf16(text);
+    const features = Array.isArray(body.features) ? body.features : [];
+    const results = Array.isArray(body.methods) ? body.methods : [];
+    const ranking = Array.isArray(body.ranking) && body.ranking.length
+      ? body.ranking
+      : results.map((m, i) => ({ rank: i + 1, method: m.method }));
+    for (const r of ranking) {
+      const m = results.find((x) => x.method === r.method) || {};
+      const attribution = (m.attributions || [])[k] || (m.attributions || [])[0] || { scores: [] };
+      const items = features
+        .map((f, i) => ({ text: f.text, value: attribution.scores[i], spans: spanList(f.spans, toU16) }))
+        .filter((it) => isNum(it.value) && it.spans.length > 0);
+      const faith = (m.faithfulness || [])[k];
+      const comp = isNum(r.aopc_comprehensiveness) ? r.aopc_comprehensiveness : faith && faith.aopc_comprehensiveness;
+      const suff = isNum(r.aopc_sufficiency) ? r.aopc_sufficiency : faith && faith.aopc_sufficiency;
+      const name = COMPARE_NAMES[r.method] || String(r.method).replace(/_/g, " ");
+      const highlight = el("p", { class: "highlight", "aria-label": `The text coloured by ${name}` });
+      renderHighlight(highlight, text, items);
+      const u = m.usage || {};
+      const usage = isNum(u.model_evaluations) ? `${u.model_evaluations} rows${isNum(u.shared_rows) && u.shared_rows ? ` (+${u.shared_rows} shared)` : ""}${isNum(u.total_ms) ? `, ${fmt(u.total_ms, 0)} ms` : ""}` : "";
+      tbody.append(el("tr", { class: r.rank === 1 ? "best" : null, "data-method": r.method },
+        el("td", { class: "rank", text: `#${r.rank}` }),
+        el("th", { class: "method", scope: "row" }, name, usage ? el("span", { class: "method-usage muted small", text: usage }) : null),
+        el("td", { class: "num comp", "data-label": "Compr. ↑", "data-value": comp, text: isNum(comp) ? fmt(comp, 4) : "–" }),
+        el("td", { class: "num suff", "data-label": "Suff. ↓", "data-value": suff, text: isNum(suff) ? fmt(suff, 4) : "–" }),
+        el("td", { class: "text" }, highlight)));
+    }
   }
 
   // ---------------------------------------------------------------- faithfulness
@@ -584,7 +894,8 @@
 
   function renderFaithfulness(body) {
     const blocks = [];
-    if (body.faithfulness) blocks.push(["", body.faithfulness]);
+    if (Array.isArray(body.faithfulness)) body.faithfulness.forEach((f) => f && blocks.push([body.faithfulness.length > 1 || isNum(f.target) ? labelName(f.target) : "", f]));
+    else if (body.faithfulness) blocks.push(["", body.faithfulness]);
     for (const key of ["labels", "explanations"]) {
       if (Array.isArray(body[key])) body[key].forEach((l) => l && l.faithfulness && blocks.push([labelName(l.label), l.faithfulness]));
     }
@@ -917,10 +1228,11 @@
     state.method = method;
     document.body.dataset.method = method;
     showError(null);
-    const started = startBusy(METHODS[method].kind === "counterfactual" ? "Evaluating" : "Explaining");
+    resetProgress();
+    const kind = METHODS[method].kind;
+    const started = startBusy(kind === "counterfactual" ? "Evaluating" : kind === "compare" ? "Comparing" : "Explaining");
     try {
       let body;
-      const kind = METHODS[method].kind;
       if (kind === "attention") {
         hideViews();
         $("view-attention").hidden = false;
@@ -930,8 +1242,13 @@
         $("view-counterfactual").hidden = false;
         seedVariants();
         body = await evaluateCounterfactuals(controller.signal, true);
+      } else if (kind === "compare") {
+        body = await callMethod(method, compareRequest(), controller.signal);
+        hideViews();
+        state.body = body;
+        renderCompare(body, text);
       } else {
-        body = await api(METHODS[method].route, buildRequest(method), controller.signal);
+        body = await callMethod(method, buildRequest(method), controller.signal);
         hideViews();
         if (kind === "heads") {
           $("view-heads").hidden = false;
@@ -1002,7 +1319,7 @@
     $("evaluate-wrap").hidden = !evaluable;
     const available = hasRoute(route);
     $("method-note").textContent = available ? NOTES[method] : `${NOTES[method]} Not on this server yet (POST ${route}).`;
-    $("run").textContent = method === "counterfactual" ? "Evaluate" : "Explain";
+    $("run").textContent = method === "counterfactual" ? "Evaluate" : method === "compare" ? "Compare" : "Explain";
   }
 
   // ---------------------------------------------------------------- start-up
@@ -1039,6 +1356,7 @@
         input.parentElement.title = `Not on this server yet (POST ${route})`;
       }
     }
+    fillCompareMethods();
     onMethodChange();
     syncAttentionPickers();
     document.body.dataset.ready = "1";
@@ -1070,6 +1388,10 @@
     $("cancel").addEventListener("click", () => state.controller && state.controller.abort());
     for (const input of document.querySelectorAll('input[name="method"]')) input.addEventListener("change", onMethodChange);
     $("label-pick").addEventListener("change", (e) => drawLabel(Number(e.target.value)));
+    $("compare-label").addEventListener("change", (e) => {
+      state.compareLabel = Number(e.target.value);
+      if (state.method === "compare" && state.body) drawCompare(state.body, state.text, state.compareLabel);
+    });
     for (const id of ["att-view", "att-layer", "att-head", "att-granularity"]) $(id).addEventListener("change", refreshAttention);
     $("cf-add").addEventListener("click", () => {
       const item = variantItem(state.text || $("text").value);
