@@ -4,9 +4,11 @@
 //! Content-Security-Policy below makes the browser enforce that).
 //!
 //! The page only talks to the public JSON API (`/info`, `/openapi.json`, `/predict`,
-//! `/explain/*`), as any client would; it reads `/openapi.json` to learn which routes and
-//! parameters this server has, so methods still being added show as unavailable rather than
-//! failing.
+//! `/explain/*`, `/jobs`), as any client would; it reads `/openapi.json` to learn which routes
+//! and parameters this server has, so methods still being added show as unavailable rather than
+//! failing. Long methods (LIME, SHAP, head sweeps, comparisons) run as jobs: the page follows
+//! `GET /jobs/{id}/events` with `fetch` (same origin, so `connect-src 'self'` allows it, and the
+//! API key goes in a header, which `EventSource` cannot send) and cancels with `DELETE`.
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -91,6 +93,20 @@ mod tests {
                     .count();
                 assert_eq!(hits, 0, "{name} mentions {needle}");
             }
+        }
+    }
+
+    #[test]
+    fn the_policy_lets_the_page_follow_job_events_on_its_own_origin_only() {
+        // The job event stream and DELETE /jobs/{id} are fetches: connect-src governs them.
+        let connect = CONTENT_SECURITY_POLICY
+            .split(';')
+            .map(str::trim)
+            .find(|d| d.starts_with("connect-src"))
+            .expect("a connect-src directive");
+        assert_eq!(connect, "connect-src 'self'");
+        for path in ["\"/jobs\"", "/events`", "method: \"DELETE\""] {
+            assert!(APP_JS.contains(path), "app.js uses {path}");
         }
     }
 
