@@ -661,12 +661,16 @@ fn playground_draws_lime_and_attention_and_docs_list_the_routes() {
             json!([]),
         );
         browser.screenshot(shots.as_deref(), "progress");
-        browser.click("#cancel");
+        // From the keyboard: Enter on the focused Cancel button; the focus then returns to
+        // the run button.
+        browser.execute("document.getElementById('cancel').focus();", json!([]));
+        browser.press("\u{E007}", 1); // Enter
         browser.wait_for(
             "the page to show the cancellation",
             "return document.body.dataset.state === 'error' \
                && document.getElementById('status').textContent === 'Cancelled.' \
-               && document.getElementById('cancel').hidden;",
+               && document.getElementById('cancel').hidden \
+               && document.activeElement === document.getElementById('run');",
             json!([]),
         );
         eprintln!("long job cancelled after {:?}", started.elapsed());
@@ -793,6 +797,12 @@ fn playground_draws_lime_and_attention_and_docs_list_the_routes() {
         }
         browser.type_into("#text", TEXT);
         browser.click(&format!("input[name=method][value={method}]"));
+        // Where the route takes `evaluate`, score faithfulness too.
+        let evaluate = browser.execute(
+            "const w = document.getElementById('evaluate-wrap'), c = document.getElementById('evaluate'); \
+             if (w.hidden) return false; if (!c.checked) c.click(); return c.checked;",
+            json!([]),
+        ) == json!(true);
         browser.click("#run");
         browser.wait_for(
             &format!("the {method} view"),
@@ -809,8 +819,36 @@ fn playground_draws_lime_and_attention_and_docs_list_the_routes() {
             browser.count("#highlight .w") > 0 && browser.count("#bars rect.bar") > 0,
             "{method} draws highlighted words and bars"
         );
+        if evaluate {
+            let line = browser.execute(
+                "const l = document.getElementById('attribution-faith'); \
+                 return l.hidden ? null : [l.querySelector('.aopc-comp').textContent, \
+                   l.querySelector('.aopc-suff').textContent, \
+                   document.querySelectorAll('#faithfulness table').length];",
+                json!([]),
+            );
+            let parsed: Vec<f64> = line
+                .as_array()
+                .unwrap_or_else(|| panic!("{method}: AOPC under the highlight"))
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => s.parse().unwrap_or(f64::NAN),
+                    other => other.as_f64().unwrap_or(f64::NAN),
+                })
+                .collect();
+            assert!(
+                parsed[..2].iter().all(|v| v.is_finite()) && parsed[2] >= 1.0,
+                "{method}: AOPC numbers and the faithfulness table: {line}"
+            );
+        } else {
+            eprintln!("{method}: evaluate not on this route yet; faithfulness not checked");
+        }
         browser.screenshot(shots.as_deref(), method);
     }
+    browser.execute(
+        "const c = document.getElementById('evaluate'); if (c.checked) c.click();",
+        json!([]),
+    );
 
     // Compare: one ranked row per method, each with its two scores and the words coloured.
     if has_route("/explain/compare") {

@@ -295,8 +295,11 @@
   function stopBusy(message) {
     if (state.timer) clearInterval(state.timer);
     state.timer = null;
+    // Cancel disappears: a keyboard user who pressed it lands back on the run button.
+    const refocus = document.activeElement === $("cancel");
     $("run").disabled = false;
     $("cancel").hidden = true;
+    if (refocus) $("run").focus();
     if (message !== undefined) $("status").replaceChildren(document.createTextNode(message));
   }
 
@@ -1386,6 +1389,12 @@
       init().catch(showError);
     });
     $("cancel").addEventListener("click", () => state.controller && state.controller.abort());
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && !$("cancel").hidden && state.controller) {
+        event.preventDefault();
+        state.controller.abort();
+      }
+    });
     for (const input of document.querySelectorAll('input[name="method"]')) input.addEventListener("change", onMethodChange);
     $("label-pick").addEventListener("change", (e) => drawLabel(Number(e.target.value)));
     $("compare-label").addEventListener("change", (e) => {
