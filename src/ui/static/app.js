@@ -352,11 +352,14 @@
     const reader = stream.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
+    let cr = ""; // a chunk's last "\r" waits for the next one, which may start with "\n"
     try {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return undefined;
-        buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+        const chunk = cr + decoder.decode(value, { stream: true });
+        cr = chunk.endsWith("\r") ? "\r" : "";
+        buffer += (cr ? chunk.slice(0, -1) : chunk).replace(/\r\n?/g, "\n");
         let cut;
         while ((cut = buffer.indexOf("\n\n")) >= 0) {
           const block = buffer.slice(0, cut);
