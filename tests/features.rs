@@ -752,7 +752,11 @@ fn offsets_and_features_are_consistent_on_arbitrary_unicode() {
                     Ok(e) => e,
                     Err(e) => return Err(TestCaseError::fail(format!("{name}: {e}"))),
                 };
-                prop_assert!(encoding.len() <= enc.max_len(), "{}: cut to its maximum", name);
+                prop_assert!(
+                    encoding.len() <= enc.max_len(),
+                    "{}: cut to its maximum",
+                    name
+                );
                 let n = encoding.len();
                 prop_assert!(
                     encoding.ids.len() == n
@@ -762,11 +766,22 @@ fn offsets_and_features_are_consistent_on_arbitrary_unicode() {
                 );
                 let mut last_start = 0;
                 for (t, &(s, e)) in encoding.offsets.iter().enumerate() {
-                    prop_assert!(s <= e && e <= text.len(), "{}: token {} at {}..{}", name, t, s, e);
+                    prop_assert!(
+                        s <= e && e <= text.len(),
+                        "{}: token {} at {}..{}",
+                        name,
+                        t,
+                        s,
+                        e
+                    );
                     prop_assert!(
                         text.is_char_boundary(s) && text.is_char_boundary(e),
                         "{}: token {} offsets {}..{} inside a character of {:?}",
-                        name, t, s, e, text
+                        name,
+                        t,
+                        s,
+                        e,
+                        text
                     );
                     if !encoding.special[t] {
                         prop_assert!(s >= last_start, "{}: tokens out of text order", name);
@@ -785,7 +800,9 @@ fn offsets_and_features_are_consistent_on_arbitrary_unicode() {
                         }
                         for s in &f.spans {
                             prop_assert!(s.start < s.end && s.end <= text.len());
-                            prop_assert!(text.is_char_boundary(s.start) && text.is_char_boundary(s.end));
+                            prop_assert!(
+                                text.is_char_boundary(s.start) && text.is_char_boundary(s.end)
+                            );
                             prop_assert_eq!(&text[s.start..s.end], f.text.as_str());
                         }
                         for pair in f.tokens.windows(2) {
@@ -797,7 +814,11 @@ fn offsets_and_features_are_consistent_on_arbitrary_unicode() {
                             prop_assert!(
                                 f.spans.iter().any(|s| ts < s.end && s.start < te),
                                 "{}: token {} ({}..{}) does not overlap {:?}",
-                                name, t, ts, te, f.text
+                                name,
+                                t,
+                                ts,
+                                te,
+                                f.text
                             );
                         }
                     }
@@ -806,7 +827,9 @@ fn offsets_and_features_are_consistent_on_arbitrary_unicode() {
                         "features in order of first occurrence"
                     );
 
-                    let keep: Vec<bool> = (0..set.len()).map(|i| (seed >> (i % 64)) & 1 == 1).collect();
+                    let keep: Vec<bool> = (0..set.len())
+                        .map(|i| (seed >> (i % 64)) & 1 == 1)
+                        .collect();
                     let without = set.text_without(&keep).unwrap();
                     let removed: usize = set
                         .features()
@@ -816,8 +839,16 @@ fn offsets_and_features_are_consistent_on_arbitrary_unicode() {
                         .flat_map(|(f, _)| f.spans.iter().map(|s| s.end - s.start))
                         .sum();
                     prop_assert_eq!(without.len(), text.len() - removed, "exactly the spans go");
-                    let p = set.perturber(enc, Removal::Remove, true).unwrap().perturb(&keep).unwrap();
-                    prop_assert!(p.row.len() <= enc.max_len(), "{}: a perturbed row over the maximum", name);
+                    let p = set
+                        .perturber(enc, Removal::Remove, true)
+                        .unwrap()
+                        .perturb(&keep)
+                        .unwrap();
+                    prop_assert!(
+                        p.row.len() <= enc.max_len(),
+                        "{}: a perturbed row over the maximum",
+                        name
+                    );
                 }
 
                 let tokens = FeatureSet::tokens(&text, &encoding);

@@ -645,7 +645,10 @@ async fn extreme_kernel_widths_give_finite_explanations() {
                 .into_iter()
                 .chain(label.weights.iter().map(|w| w.weight));
             for (k, v) in numbers.enumerate() {
-                assert!(v.is_finite(), "width {kernel_width:e}, {text:?}: number {k} is {v}");
+                assert!(
+                    v.is_finite(),
+                    "width {kernel_width:e}, {text:?}: number {k} is {v}"
+                );
             }
         }
     }

@@ -88,7 +88,10 @@ async fn post(router: &Router, path: &str, body: String) -> (StatusCode, Value) 
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -107,7 +110,11 @@ async fn submitted_text_never_reaches_the_logs_at_info() {
     let long = format!("{MARKER} {}", "good ".repeat(60));
 
     let cases: Vec<(&str, String, StatusCode)> = vec![
-        ("/predict", json!({"text": text}).to_string(), StatusCode::OK),
+        (
+            "/predict",
+            json!({"text": text}).to_string(),
+            StatusCode::OK,
+        ),
         (
             "/predict",
             json!({"texts": ["good", text]}).to_string(),

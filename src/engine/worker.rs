@@ -231,7 +231,10 @@ fn guarded<T, E: std::fmt::Display>(
             outputs.len(),
         )),
         Ok(Err(error)) => Err(error.to_string()),
-        Err(payload) => Err(format!("model panicked: {}", panic_message(payload.as_ref()))),
+        Err(payload) => Err(format!(
+            "model panicked: {}",
+            panic_message(payload.as_ref())
+        )),
     }
 }
 
