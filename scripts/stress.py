@@ -166,6 +166,7 @@ def main():
     ap.add_argument("--server-settings", default="{}", help="JSON, copied into the summary")
     ap.add_argument("--out", required=True, help="where to write the JSON summary")
     args = ap.parse_args()
+    load_at_start = os.getloadavg()
 
     rng = random.Random(args.seed)
     client_timeout = args.request_timeout_ms / 1e3 + 20.0
@@ -314,7 +315,7 @@ def main():
             "duration_s": args.duration, "overload": args.overload, "lime_samples": args.lime_samples,
             "tolerance": args.tolerance, "max_in_flight": args.max_in_flight, "seed": args.seed,
             "client_timeout_s": client_timeout, "server": json.loads(args.server_settings),
-            "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+            "cpus": os.cpu_count(), "load_average_at_start": load_at_start,
         },
         "templates": len(mix),
         "serial_ms": {"mean": ms(statistics.mean(serial)), "max": ms(max(serial))},
