@@ -105,7 +105,7 @@ def differences(want, got, tol, where="", out=None, limit=5):
     if len(out) >= limit:
         return out
     if isinstance(want, bool) or isinstance(got, bool):
-        if want != got:
+        if type(want) is not type(got) or want != got:
             out.append(f"{where}: {want!r} != {got!r}")
     elif isinstance(want, (int, float)) and isinstance(got, (int, float)):
         if not math.isclose(want, got, rel_tol=0.0, abs_tol=tol):
