@@ -107,7 +107,9 @@ impl Default for ModelConfig {
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Longest input in tokens, special tokens included. 0 means the model's maximum (512 for
-    /// BERT); longer texts get 422 unless the request sets `truncate`.
+    /// BERT); longer texts get 422 unless the request sets `truncate`. Every text the model
+    /// sees meets it, including the perturbed and edited texts of LIME, SHAP, occlusion and
+    /// counterfactuals.
     pub max_input_tokens: usize,
     /// Most perturbed samples one explanation may ask for (LIME, SHAP): each is a model row.
     pub max_num_samples: usize,
