@@ -13,12 +13,13 @@ ARGS ?=
 
 .PHONY: help model browser test screenshots run openapi bench lint stress clean
 .PHONY: validate-deploy measure-memory
-.PHONY: bench-lime bench-perturb test-slow
+.PHONY: bench-lime bench-perturb test-slow schemathesis
 
 help:
 	@echo "make model    fetch and verify all-MiniLM-L6-v2 into $(MODEL_DIR) (scripts/fetch-model.sh)"
 	@echo "make browser  install chromium and chromedriver for the UI end-to-end test (scripts/install-browser.sh)"
-	@echo "make test     cargo test --all-targets, then cargo test --doc (CARGO_TEST_FLAGS=...)"
+	@echo "make test     cargo test --all-targets, cargo test --doc (CARGO_TEST_FLAGS=...), then Schemathesis"
+	@echo "make schemathesis  the OpenAPI contract fuzzed on a live release server (scripts/schemathesis.sh; ARGS=...)"
 	@echo "make screenshots  PNGs of the playground's main views into docs/screenshots (default model)"
 	@echo "make run      serve the default model (ARGS=... for extra serve arguments)"
 	@echo "make openapi  write openapi/openapi.json"
@@ -27,7 +28,7 @@ help:
 	@echo "make bench-perturb  POST /explain/shap against Python shap, and occlusion/counterfactual costs (scripts/bench-perturb.sh; ARGS=--quick)"
 	@echo "make test-slow   the slow LIME parity tests (release build, --ignored)"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
-	@echo "make stress   scripts/stress.sh, if present"
+	@echo "make stress   load and soak: 2x capacity for 90 s, answers checked, RSS watched (scripts/stress.sh)"
 	@echo "make clean    cargo clean and Python caches (keeps models/ and the user cache)"
 	@echo "make validate-deploy  check docker/ offline: lint, schemas, nginx in front of two replicas (scripts/validate-deploy.sh)"
 	@echo "make measure-memory   peak memory of one replica under load (scripts/measure-memory.sh)"
@@ -35,9 +36,15 @@ help:
 model:
 	scripts/fetch-model.sh "$(MODEL_DIR)"
 
+# The Schemathesis run (about 20 s) serves the debug binary the cargo tests already built.
 test: model browser
 	$(CARGO) test --all-targets $(CARGO_TEST_FLAGS)
 	$(CARGO) test --doc $(CARGO_TEST_FLAGS)
+	GLASSBOX_ST_PROFILE=debug scripts/schemathesis.sh
+
+# Release server; e.g. ARGS="--max-examples 200" or GLASSBOX_ST_MAX_TIME=300 for a longer hunt.
+schemathesis:
+	scripts/schemathesis.sh $(ARGS)
 
 # The UI end-to-end test (tests/ui_e2e.rs) drives a headless Chromium.
 browser:

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use glassbox::model::config::ZeroShotConfig;
-use glassbox::model::loader::{load_model, LoadOptions};
+use glassbox::model::loader::{load_model, LoadOptions, Precision};
 use glassbox::model::Row;
 use rand::{Rng, SeedableRng};
 
@@ -117,14 +117,27 @@ fn main() {
         arg_f64(&args, "--min-iters").unwrap_or(3.0) as usize
     };
 
-    let m = load_model(&model, &ZeroShotConfig::default(), &LoadOptions::default())
-        .expect("load model");
+    // `--precision bf16`: the AMX bf16 mode (`model.precision`), reported as glassbox-bf16.
+    let precision = match args.iter().position(|a| a == "--precision") {
+        Some(i) if args[i + 1] == "bf16" => Precision::Bf16,
+        Some(i) if args[i + 1] != "f32" => panic!("--precision takes f32 or bf16"),
+        _ => Precision::F32,
+    };
+    let implementation = match precision {
+        Precision::F32 => "glassbox",
+        Precision::Bf16 => "glassbox-bf16",
+    };
+    let options = LoadOptions {
+        precision,
+        ..LoadOptions::default()
+    };
+    let m = load_model(&model, &ZeroShotConfig::default(), &options).expect("load model");
     let info = m.info().clone();
     let peak =
         arg_f64(&args, "--peak-gflops").unwrap_or_else(|| if smoke { 1.0 } else { matmul_peak() });
     println!(
         "{}",
-        serde_json::json!({"record": "environment", "implementation": "glassbox", "threads": candle_core::utils::get_num_threads(),
+        serde_json::json!({"record": "environment", "implementation": implementation, "threads": candle_core::utils::get_num_threads(),
             "avx": candle_core::utils::with_avx(), "peak_gflops": peak, "model": info.id})
     );
     let (h, layers) = (info.hidden_size as f64, info.num_layers as f64);
@@ -166,7 +179,7 @@ fn main() {
                 b as f64 * layers * (8.0 * lf * h * h + 4.0 * lf * h * inter + 4.0 * lf * lf * h);
             println!(
                 "{}",
-                serde_json::json!({"record": "forward", "implementation": "glassbox", "batch": b, "seq_len": l,
+                serde_json::json!({"record": "forward", "implementation": implementation, "batch": b, "seq_len": l,
                     "iters": times.len(), "median_batch_s": med, "min_batch_s": times[0],
                     "seqs_per_s": b as f64 / med, "achieved_gflops": flops / med / 1e9,
                     "efficiency_vs_peak": flops / med / 1e9 / peak, "peak_gflops": peak,

@@ -2,6 +2,7 @@
 # Forward throughput, glassbox against the Python baseline (PyTorch), side by side in one run:
 # for each repetition the Rust benchmark and bench/python/bench_forward.py run back to back on
 # the same grid (batch 1/8/32 x length 16/64/128, 2 threads), then one table with the ratios.
+# On a CPU with AMX bf16 the glassbox side also runs with --precision bf16 (model.precision).
 # The Rust side is the release build that `make run` ships (cargo bench uses the release profile).
 #
 # Usage: scripts/bench.sh [--reps N] [--min-time S]
@@ -38,6 +39,11 @@ echo "{\"record\": \"peak\", \"source\": \"torch.mm 2048 fp32 best of 7\", \"gfl
 for rep in $(seq 1 "$REPS"); do
     echo "== repetition $rep/$REPS: glassbox (Rust, release)" >&2
     cargo bench --bench forward -- --model "$MODEL_DIR" --peak-gflops "$PEAK" "${GRID[@]}" | tee -a "$OUT" >&2
+    if grep -qw amx_bf16 /proc/cpuinfo; then
+        echo "== repetition $rep/$REPS: glassbox, model.precision = bf16 (AMX)" >&2
+        cargo bench --bench forward -- --model "$MODEL_DIR" --peak-gflops "$PEAK" --precision bf16 "${GRID[@]}" \
+            | tee -a "$OUT" >&2
+    fi
     echo "== repetition $rep/$REPS: PyTorch baseline" >&2
     "$BASELINE_PY" bench/python/bench_forward.py "$MODEL_DIR" --threads 2 --peak-gflops "$PEAK" "${GRID[@]}" \
         | sed 's/"record": "forward"/"record": "forward", "implementation": "pytorch"/' | tee -a "$OUT" >&2

@@ -1,7 +1,8 @@
 """Prints the side-by-side forward table (Markdown) from the JSON lines of scripts/bench.sh.
 
 Per (batch, length) and implementation it takes the best median over repetitions, and reports
-sequences/s, GFLOP/s, the fraction of the measured matmul peak, and glassbox / PyTorch.
+sequences/s, GFLOP/s, the fraction of the measured matmul peak, and glassbox / PyTorch; when
+the run includes the bf16 mode (implementation glassbox-bf16), its columns follow.
 """
 import json
 import sys
@@ -25,16 +26,27 @@ def main(path):
         if impl not in best[key] or r["seqs_per_s"] > best[key][impl]["seqs_per_s"]:
             best[key][impl] = r
     print(f"matmul peak (torch.mm 2048, fp32, 2 threads): {peak:.1f} GFLOP/s\n" if peak else "")
-    print("| batch | length | PyTorch seq/s | glassbox seq/s | ratio | glassbox GFLOP/s | of peak |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    bf16 = any("glassbox-bf16" in v for v in best.values())
+    head = "| batch | length | PyTorch seq/s | glassbox seq/s | ratio | glassbox GFLOP/s | of peak |"
+    rule = "|---:|---:|---:|---:|---:|---:|---:|"
+    if bf16:
+        head += " bf16 seq/s | bf16 ratio |"
+        rule += "---:|---:|"
+    print(head)
+    print(rule)
     for (b, l) in sorted(best, key=lambda k: (k[1], k[0])):
         py = best[(b, l)].get("pytorch")
         gb = best[(b, l)].get("glassbox")
         if not (py and gb):
             continue
-        print(f"| {b} | {l} | {py['seqs_per_s']:.1f} | {gb['seqs_per_s']:.1f} | "
-              f"{gb['seqs_per_s'] / py['seqs_per_s']:.2f}x | {gb['achieved_gflops']:.0f} | "
-              f"{gb['efficiency_vs_peak']:.0%} |")
+        line = (f"| {b} | {l} | {py['seqs_per_s']:.1f} | {gb['seqs_per_s']:.1f} | "
+                f"{gb['seqs_per_s'] / py['seqs_per_s']:.2f}x | {gb['achieved_gflops']:.0f} | "
+                f"{gb['efficiency_vs_peak']:.0%} |")
+        if bf16:
+            half = best[(b, l)].get("glassbox-bf16")
+            line += (f" {half['seqs_per_s']:.1f} | {half['seqs_per_s'] / py['seqs_per_s']:.2f}x |"
+                     if half else " - | - |")
+        print(line)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
 use crate::model::config::ZeroShotConfig;
+use crate::model::loader::Precision;
 use crate::model::ModelInfo;
 use crate::telemetry::{log_filter, LogFormat};
 
@@ -84,6 +85,10 @@ pub struct ModelConfig {
     /// The zero-shot head for sentence-embedding checkpoints that have no classification head
     /// (ignored for checkpoints that have one).
     pub zero_shot: ZeroShotConfig,
+    /// `f32` (default) or `bf16`: the dense layers of inference in bf16 on Intel AMX tiles,
+    /// faster and slightly less exact (README, Performance); refused at start-up on a CPU
+    /// without AMX bf16. Gradient methods always run in f32.
+    pub precision: Precision,
 }
 
 impl Default for ModelConfig {
@@ -92,6 +97,7 @@ impl Default for ModelConfig {
             source: "models/all-MiniLM-L6-v2".into(),
             intra_op_threads: 0,
             zero_shot: ZeroShotConfig::default(),
+            precision: Precision::F32,
         }
     }
 }
@@ -101,7 +107,9 @@ impl Default for ModelConfig {
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Longest input in tokens, special tokens included. 0 means the model's maximum (512 for
-    /// BERT); longer texts get 422 unless the request sets `truncate`.
+    /// BERT); longer texts get 422 unless the request sets `truncate`. Every text the model
+    /// sees meets it, including the perturbed and edited texts of LIME, SHAP, occlusion and
+    /// counterfactuals.
     pub max_input_tokens: usize,
     /// Most perturbed samples one explanation may ask for (LIME, SHAP): each is a model row.
     pub max_num_samples: usize,
@@ -255,6 +263,7 @@ pub struct Overrides {
     pub cache_rows: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub intra_op_threads: Option<usize>,
+    pub precision: Option<Precision>,
 }
 
 impl Overrides {
@@ -276,6 +285,7 @@ impl Overrides {
             "intra_op_threads",
             &self.intra_op_threads,
         );
+        put(&mut doc, "model", "precision", &self.precision);
         put(&mut doc, "log", "format", &self.log_format);
         put(&mut doc, "log", "level", &self.log_level);
         put(&mut doc, "engine", "workers", &self.workers);

@@ -59,7 +59,10 @@ fn load(config: &Config) -> anyhow::Result<LoadedModel> {
     let loaded = load_model(
         &config.model.source,
         &config.model.zero_shot,
-        &LoadOptions::default(),
+        &LoadOptions {
+            precision: config.model.precision,
+            ..LoadOptions::default()
+        },
     )
     .with_context(|| {
         format!(
@@ -68,7 +71,7 @@ fn load(config: &Config) -> anyhow::Result<LoadedModel> {
         )
     })?;
     let info = loaded.info();
-    tracing::info!(id = %info.id, architecture = %info.architecture, head = %info.head, labels = ?info.labels, "model loaded");
+    tracing::info!(id = %info.id, architecture = %info.architecture, head = %info.head, labels = ?info.labels, precision = config.model.precision.name(), "model loaded");
     Ok(loaded)
 }
 

@@ -34,6 +34,8 @@ pub mod metric {
     pub const JOBS_LIVE: &str = "glassbox_jobs_live";
     /// Jobs finished, by final `state`: `done`, `failed` or `cancelled` (counter).
     pub const JOBS_FINISHED: &str = "glassbox_jobs_finished_total";
+    /// Model-thread loops restarted after a panic outside any batch (counter; should stay 0).
+    pub const WORKER_RESTARTS: &str = "glassbox_worker_restarts_total";
     /// HTTP requests by `route` and `status` (counter).
     pub const HTTP_REQUESTS: &str = "glassbox_http_requests_total";
     /// HTTP request latency by `route` and `status` (histogram).
@@ -59,12 +61,27 @@ pub fn log_filter(level: &str) -> Result<EnvFilter, String> {
 /// Installs the global tracing subscriber. Logs go to stderr so that stdout stays clean for
 /// the output of commands (`glassbox openapi`, `glassbox predict`).
 pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+    // Colour codes only for a terminal: in files and collectors they are noise.
+    let ansi = std::io::stderr().is_terminal();
+    init_logging_to(format, level, std::io::stderr, ansi)
+}
+
+/// [`init_logging`] with another destination: the privacy test captures the service's real
+/// log lines this way.
+pub fn init_logging_to<W>(
+    format: LogFormat,
+    level: &str,
+    writer: W,
+    ansi: bool,
+) -> Result<(), String>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = log_filter(level)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: in files and collectors they are noise.
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_writer(writer)
+        .with_ansi(ansi);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
@@ -155,6 +172,11 @@ fn describe_metrics() {
         metric::FAILED_BATCHES,
         Unit::Count,
         "Forward passes that failed or panicked"
+    );
+    describe_counter!(
+        metric::WORKER_RESTARTS,
+        Unit::Count,
+        "Model-thread loops restarted after a panic outside any batch"
     );
     describe_counter!(
         metric::HTTP_REQUESTS,

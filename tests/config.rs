@@ -238,3 +238,34 @@ fn command_line_flags_become_overrides() {
         "predict needs texts"
     );
 }
+
+#[test]
+fn precision_comes_from_environment_or_flag_and_bad_values_are_refused() {
+    use glassbox::model::loader::Precision;
+    let _lock = env_lock();
+    assert_eq!(
+        Config::load(None, &Overrides::default()).unwrap().model.precision,
+        Precision::F32,
+        "f32 unless asked"
+    );
+    {
+        let _env = EnvVars::set(&[("GLASSBOX_MODEL__PRECISION", "bf16")]);
+        let config = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(config.model.precision, Precision::Bf16);
+    }
+    {
+        let _env = EnvVars::set(&[("GLASSBOX_MODEL__PRECISION", "fp8")]);
+        assert!(Config::load(None, &Overrides::default()).is_err());
+    }
+    let cli = Cli::try_parse_from(["glassbox", "serve", "--precision", "bf16"]).unwrap();
+    let Command::Serve(args) = cli.command else {
+        panic!("parsed as serve")
+    };
+    let config = Config::load(None, &args.overrides()).unwrap();
+    assert_eq!(config.model.precision, Precision::Bf16);
+    let error = Cli::try_parse_from(["glassbox", "serve", "--precision", "f16"])
+        .err()
+        .expect("f16 is not a precision")
+        .to_string();
+    assert!(error.contains("use f32 or bf16"), "{error}");
+}

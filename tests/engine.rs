@@ -367,6 +367,52 @@ async fn a_passed_deadline_times_out_and_drops_the_queued_rows() {
     assert_eq!(late.unwrap_err(), EngineError::Timeout);
 }
 
+/// The worker may drop an expired job before the caller's own timer fires (the timer has
+/// millisecond resolution and its task may not be polled at once). The caller must still see
+/// `Timeout`, not a closed channel. Made deterministic by blocking the (current-thread) runtime
+/// past the deadline, so the worker always wins the race; then the caller's future finds both
+/// its answer channel and its timer ready, and reads the channel first.
+#[tokio::test]
+async fn a_job_the_worker_expires_before_the_callers_timer_fires_is_a_timeout() {
+    for attempt in 0..5 {
+        let (engine, model, blocker) = engine_with_busy_worker(config()).await;
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let late = {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .evaluate(
+                        vec![row(&[2, 3])],
+                        JobOptions {
+                            deadline: Some(deadline),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+            })
+        };
+        wait_until("the late job is queued", || {
+            engine.counters().queued_rows == 1
+        })
+        .await;
+        // Block the runtime (no timer can fire) until the worker has expired the job.
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        model.gate.open();
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while engine.counters().dropped_rows < 1 {
+            assert!(Instant::now() < give_up, "the worker never expired the job");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            late.await.unwrap().unwrap_err(),
+            EngineError::Timeout,
+            "attempt {attempt}: a job expired by the worker is a timeout"
+        );
+        blocker.await.unwrap();
+        assert_eq!(model.toy.rows_seen(), 1, "the expired row never ran");
+    }
+}
+
 #[tokio::test]
 async fn a_dropped_caller_frees_its_rows() {
     let (engine, model, blocker) = engine_with_busy_worker(config()).await;

@@ -714,3 +714,155 @@ proptest! {
         }
     }
 }
+
+/// Short encoders: the truncation path on arbitrary text.
+fn short(model: &str) -> &'static TextEncoder {
+    static BERT: OnceLock<TextEncoder> = OnceLock::new();
+    static ROBERTA: OnceLock<TextEncoder> = OnceLock::new();
+    let cell = if model == "bert" { &BERT } else { &ROBERTA };
+    cell.get_or_init(|| {
+        let full = if model == "bert" { bert() } else { roberta() };
+        full.clone().with_max_len(9)
+    })
+}
+
+/// Arbitrary Unicode: the tricky set mixed with any scalar value, or any string at all.
+fn any_text() -> impl Strategy<Value = String> {
+    prop_oneof![3 => unicode_text(), 1 => any::<String>()]
+}
+
+/// The tokenizer's offsets as the service uses them, and the features built on them, on
+/// arbitrary Unicode, full length and truncated: no panics; every token offset and feature
+/// span on char boundaries within the text; tokens in text order; features in order with
+/// their spans ascending; each feature's tokens really overlapping one of its spans; removal
+/// deleting exactly the removed features' spans.
+#[test]
+fn offsets_and_features_are_consistent_on_arbitrary_unicode() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(150));
+    let encoders: [(&str, &TextEncoder); 4] = [
+        ("bert", bert()),
+        ("roberta", roberta()),
+        ("bert/9", short("bert")),
+        ("roberta/9", short("roberta")),
+    ];
+    runner
+        .run(&(any_text(), any::<u64>()), |(text, seed)| {
+            for (name, enc) in encoders {
+                let encoding = match enc.encode(&text, true) {
+                    Ok(e) => e,
+                    Err(e) => return Err(TestCaseError::fail(format!("{name}: {e}"))),
+                };
+                prop_assert!(
+                    encoding.len() <= enc.max_len(),
+                    "{}: cut to its maximum",
+                    name
+                );
+                let n = encoding.len();
+                prop_assert!(
+                    encoding.ids.len() == n
+                        && encoding.type_ids.len() == n
+                        && encoding.offsets.len() == n
+                        && encoding.special.len() == n
+                );
+                let mut last_start = 0;
+                for (t, &(s, e)) in encoding.offsets.iter().enumerate() {
+                    prop_assert!(
+                        s <= e && e <= text.len(),
+                        "{}: token {} at {}..{}",
+                        name,
+                        t,
+                        s,
+                        e
+                    );
+                    prop_assert!(
+                        text.is_char_boundary(s) && text.is_char_boundary(e),
+                        "{}: token {} offsets {}..{} inside a character of {:?}",
+                        name,
+                        t,
+                        s,
+                        e,
+                        text
+                    );
+                    if !encoding.special[t] {
+                        prop_assert!(s >= last_start, "{}: tokens out of text order", name);
+                        last_start = s;
+                    }
+                }
+
+                for bow in [true, false] {
+                    let set = FeatureSet::words(&text, &encoding, bow);
+                    let mut first_starts = Vec::new();
+                    for f in set.features() {
+                        prop_assert!(!f.spans.is_empty());
+                        first_starts.push(f.spans[0].start);
+                        for pair in f.spans.windows(2) {
+                            prop_assert!(pair[0].end <= pair[1].start, "spans ascending");
+                        }
+                        for s in &f.spans {
+                            prop_assert!(s.start < s.end && s.end <= text.len());
+                            prop_assert!(
+                                text.is_char_boundary(s.start) && text.is_char_boundary(s.end)
+                            );
+                            prop_assert_eq!(&text[s.start..s.end], f.text.as_str());
+                        }
+                        for pair in f.tokens.windows(2) {
+                            prop_assert!(pair[0] < pair[1], "tokens ascending and distinct");
+                        }
+                        for &t in &f.tokens {
+                            prop_assert!(t < n && !encoding.special[t]);
+                            let (ts, te) = encoding.offsets[t];
+                            prop_assert!(
+                                f.spans.iter().any(|s| ts < s.end && s.start < te),
+                                "{}: token {} ({}..{}) does not overlap {:?}",
+                                name,
+                                t,
+                                ts,
+                                te,
+                                f.text
+                            );
+                        }
+                    }
+                    prop_assert!(
+                        first_starts.windows(2).all(|w| w[0] < w[1]),
+                        "features in order of first occurrence"
+                    );
+
+                    let keep: Vec<bool> = (0..set.len())
+                        .map(|i| (seed >> (i % 64)) & 1 == 1)
+                        .collect();
+                    let without = set.text_without(&keep).unwrap();
+                    let removed: usize = set
+                        .features()
+                        .iter()
+                        .zip(&keep)
+                        .filter(|(_, &k)| !k)
+                        .flat_map(|(f, _)| f.spans.iter().map(|s| s.end - s.start))
+                        .sum();
+                    prop_assert_eq!(without.len(), text.len() - removed, "exactly the spans go");
+                    let p = set
+                        .perturber(enc, Removal::Remove, true)
+                        .unwrap()
+                        .perturb(&keep)
+                        .unwrap();
+                    prop_assert!(
+                        p.row.len() <= enc.max_len(),
+                        "{}: a perturbed row over the maximum",
+                        name
+                    );
+                }
+
+                let tokens = FeatureSet::tokens(&text, &encoding);
+                prop_assert_eq!(
+                    tokens.len(),
+                    encoding.special.iter().filter(|s| !**s).count()
+                );
+                for f in tokens.features() {
+                    let s = f.spans[0];
+                    prop_assert!(s.start <= s.end && s.end <= text.len());
+                    prop_assert_eq!(&text[s.start..s.end], f.text.as_str());
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}

@@ -526,6 +526,57 @@ async fn a_model_panic_is_a_500_without_details_and_the_service_keeps_serving() 
     assert_eq!(status, StatusCode::OK);
 }
 
+/// One request that makes the model panic, batched together with many others: only it fails
+/// (500 `internal`), every neighbour gets its own correct answer, and afterwards the service
+/// is still ready and answering.
+#[tokio::test]
+async fn a_panicking_request_among_concurrent_ones_fails_alone() {
+    let app = TestApp::ready(config()).await;
+    let blocker = app.block_model().await;
+    let batches_before = app.model.toy.batches_seen();
+    let texts: Vec<String> = (0..12)
+        .map(|i| format!("{} neighbour {i}", ["good", "bad"][i % 2]))
+        .collect();
+    let calls: Vec<_> = texts
+        .iter()
+        .map(|text| app.spawn_predict(json!({"text": text})))
+        .collect();
+    let poisoned = app.spawn_predict(json!({"text": "a poison pill"}));
+    let engine = app.state.engine.clone();
+    wait_until("all 13 calls are queued", || {
+        engine.counters().queued_rows == 13
+    })
+    .await;
+    app.model.gate.open();
+    assert_eq!(blocker.await.unwrap().0, StatusCode::OK);
+
+    let (status, _, body) = poisoned.await.unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(error_code(&body), "internal");
+    for (text, call) in texts.iter().zip(calls) {
+        let (status, _, body) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{text}: {body}");
+        let got = probabilities_of(&body["prediction"]);
+        for (label, p) in expected_probabilities(text) {
+            assert!(
+                (got[&label] - p).abs() < 1e-6,
+                "{text}: its own answer despite sharing a batch with the panic"
+            );
+        }
+    }
+    assert!(
+        app.model.toy.batches_seen() > batches_before,
+        "the neighbours really ran"
+    );
+
+    let (status, _, _) = app.get("/ready").await;
+    assert_eq!(status, StatusCode::OK, "still ready after the panic");
+    let (status, _, body) = app
+        .predict(json!({"texts": ["good after", "bad after"]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 #[tokio::test]
 async fn thirty_two_concurrent_calls_share_batches_and_match_their_lone_answers() {
     let app = TestApp::ready(config()).await;

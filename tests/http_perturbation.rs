@@ -534,3 +534,75 @@ async fn the_openapi_document_describes_the_three_routes() {
         assert!(op["requestBody"]["content"]["application/json"]["examples"].is_object());
     }
 }
+
+/// Perturbed texts meet `limits.max_input_tokens` (32 here) like the request's own text.
+/// With `truncate` the original is cut to 32 tokens, and so must be every text a method
+/// re-tokenizes (LIME, SHAP and occlusion samples, the flip search, edits and substitutions):
+/// run at the tokenizer's own maximum (128 for the tiny model) they would cost more than the
+/// limit allows and explain a different window than the one predicted. Without `truncate` an
+/// over-long substitution is refused with a 422 naming it.
+#[tokio::test]
+async fn perturbed_texts_honour_max_input_tokens() {
+    let app = TestApp::new().await;
+    let max = 32;
+    let long = [TEXT; 8].join(". ");
+    assert!(
+        encoder().encode(&long, false).unwrap().len() > 2 * max,
+        "the text is far over the limit"
+    );
+    let requests = [
+        (
+            "/explain/lime",
+            json!({"text": long, "truncate": true, "num_samples": 60, "seed": 1}),
+        ),
+        (
+            "/explain/shap",
+            json!({"text": long, "truncate": true, "max_evals": 60, "seed": 1}),
+        ),
+        (
+            "/explain/occlusion",
+            json!({"text": long, "truncate": true}),
+        ),
+        (
+            "/explain/occlusion",
+            json!({"text": long, "truncate": true, "bow": false, "window": 3}),
+        ),
+        (
+            "/explain/counterfactual",
+            json!({"text": long, "truncate": true, "edits": [format!("{long} {long}")],
+                   "substitutions": [{"feature": 0, "replacements": [long.clone()]}],
+                   "flip_search": {"max_evals": 50}}),
+        ),
+    ];
+    for (route, request) in requests {
+        let body = app.ok(route, request).await;
+        assert_eq!(body["prediction"]["truncated"], true, "{route}");
+        assert_eq!(body["prediction"]["tokens"], max, "{route}");
+        let usage = &body["usage"];
+        let rows = usage["model_evaluations"].as_u64().unwrap();
+        let tokens = usage["tokens_evaluated"].as_u64().unwrap();
+        assert!(rows > 1, "{route}: perturbed rows ran");
+        assert!(
+            tokens <= rows * max as u64,
+            "{route}: {rows} rows of {tokens} tokens; every row must be at most {max} tokens"
+        );
+    }
+
+    let (status, _, body) = app
+        .post(
+            "/explain/counterfactual",
+            json!({"text": TEXT,
+                   "substitutions": [{"feature": 1, "replacements": ["fine", long.clone()]}]}),
+        )
+        .await;
+    assert_eq!(
+        error_of(status, &body),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error".to_string(),
+            Some("substitutions[0].replacements[1]".to_string())
+        )
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("32"), "names the limit: {message}");
+}

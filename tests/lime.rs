@@ -626,6 +626,34 @@ async fn one_feature_text_and_the_empty_text() {
     );
 }
 
+/// Found by Schemathesis: a kernel width whose square underflows to 0 gave the text itself
+/// (distance 0) the weight `0 / 0 = NaN`, and the intercept and local prediction went out as
+/// JSON `null`. Any positive finite width must give finite numbers: at the extremes every
+/// perturbed sample weighs 0 (only the text itself counts) or all weigh 1.
+#[tokio::test]
+async fn extreme_kernel_widths_give_finite_explanations() {
+    let model = toy(&TOY_WORDS, 0.1);
+    for kernel_width in [3.2e-222, 1e-160, 1e-3, 1e300, f64::MAX] {
+        for text in ["good", "a good movie with a boring plot"] {
+            let params = LimeParams {
+                kernel_width,
+                ..near_uniform(200, 3)
+            };
+            let (e, _) = explain(model.clone(), text, &params, &[0]).await.unwrap();
+            let label = &e.labels[0];
+            let numbers = [label.intercept, label.score, label.local_pred]
+                .into_iter()
+                .chain(label.weights.iter().map(|w| w.weight));
+            for (k, v) in numbers.enumerate() {
+                assert!(
+                    v.is_finite(),
+                    "width {kernel_width:e}, {text:?}: number {k} is {v}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn text_whose_words_are_all_removed_keeps_its_punctuation() {
     let model = toy(&[("good", 0.8), ("bad", -0.4)], 0.0);

@@ -687,3 +687,91 @@ fn invalid_zero_shot_config_is_rejected() {
     };
     assert!(e.contains("temperature"), "{e}");
 }
+
+/// The bf16 precision mode on the default model: what it costs in accuracy against f32 on
+/// the 80 labelled sentences (printed, and bounded here), and that gradient-path forwards of
+/// the same weights stay f32.
+#[test]
+fn bf16_precision_stays_close_to_f32_on_the_default_model() {
+    if !glassbox::model::amx::available() {
+        eprintln!("skipped: this CPU has no AMX bf16 (model.precision = \"bf16\" is refused here)");
+        return;
+    }
+    let f32_model = minilm();
+    let dir = root().join("models/all-MiniLM-L6-v2");
+    let bf16_model = load_model(
+        dir.to_str().unwrap(),
+        &ZeroShotConfig::default(),
+        &LoadOptions {
+            precision: glassbox::model::loader::Precision::Bf16,
+            ..Default::default()
+        },
+    )
+    .expect("default model in bf16");
+    let data = std::fs::read_to_string(fixture("sentiment_eval.jsonl")).unwrap();
+    let mut rows = Vec::new();
+    let mut gold = Vec::new();
+    for line in data.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let text = v["text"].as_str().unwrap();
+        rows.push(Row::new(f32_model.encoder.encode(text, false).unwrap().ids));
+        gold.push(v["label"].as_str().unwrap() == "positive");
+    }
+    let (mut correct, mut agree, mut max_diff, mut sum_diff) = (0, 0, 0f32, 0f32);
+    for (chunk, g) in rows.chunks(16).zip(gold.chunks(16)) {
+        let exact = f32_model.classifier.forward(chunk).unwrap();
+        let fast = bf16_model.classifier.forward(chunk).unwrap();
+        for ((e, f), positive) in exact.iter().zip(&fast).zip(g) {
+            let d = (e.probabilities[1] - f.probabilities[1]).abs();
+            max_diff = max_diff.max(d);
+            sum_diff += d;
+            let (pe, pf) = (
+                e.probabilities[1] > e.probabilities[0],
+                f.probabilities[1] > f.probabilities[0],
+            );
+            agree += usize::from(pe == pf);
+            correct += usize::from(pf == *positive);
+        }
+    }
+    eprintln!(
+        "bf16 vs f32 on sentiment_eval: accuracy {correct}/80 (f32: 71/80), same label on \
+         {agree}/80, |p(positive) difference| max {max_diff:.5}, mean {:.5}",
+        sum_diff / 80.0
+    );
+    assert!(
+        max_diff > 0.0,
+        "bf16 mode changed nothing: is it switched on?"
+    );
+    assert!(max_diff < 0.05, "bf16 moved a probability by {max_diff}");
+    assert!(
+        agree >= 77,
+        "bf16 changed the label of {} sentences",
+        80 - agree
+    );
+    assert!(correct.abs_diff(71) <= 2, "bf16 accuracy {correct}/80");
+
+    // The differentiable path of the bf16 model is the f32 model's, exactly.
+    let hidden = |m: &LoadedModel| {
+        let ec = &m.encoder_classifier;
+        let cfg = &ec.encoder().config;
+        let b = batch_tensors(
+            &rows[..2],
+            cfg.num_layers,
+            cfg.num_heads,
+            0,
+            ec.encoder().device(),
+        )
+        .unwrap();
+        let options = ForwardOptions {
+            differentiable: true,
+            ..Default::default()
+        };
+        let out = ec.encoder().forward(&b.input(), options).unwrap();
+        out.last_hidden_state
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(hidden(f32_model), hidden(&bf16_model));
+}

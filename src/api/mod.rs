@@ -84,6 +84,10 @@ impl AppState {
     ) -> Result<Self, ConfigError> {
         let model = Arc::new(classifier.info().clone());
         let limits = Arc::new(config.effective_limits(&model)?);
+        // Every text the service encodes meets the configured limit, not only the request's
+        // own: the texts LIME, SHAP, occlusion and the flip search re-tokenize are cut (with
+        // `truncate`) or refused at the same length as the original.
+        let encoder = encoder.with_max_len(limits.max_input_tokens);
         let access = Arc::new(auth::Access::from_config(&config.auth)?);
         let engine =
             Engine::start_with_gradients(classifier, gradient_model, config.engine.clone());

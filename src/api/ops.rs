@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody};
 use super::openapi;
 use super::AppState;
+use crate::model::loader::Precision;
 
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"status": "ok"}))]
@@ -62,6 +63,9 @@ pub struct ModelDescription {
     pub hidden_size: usize,
     /// The model's own maximum input length in tokens.
     pub max_len: usize,
+    /// How inference multiplies the dense layers: `f32`, or `bf16` on AMX tiles
+    /// (`model.precision`); gradient methods always run in f32.
+    pub precision: Precision,
 }
 
 /// The limits in force (every one configurable).
@@ -127,6 +131,7 @@ pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
             num_heads: model.num_heads,
             hidden_size: model.hidden_size,
             max_len: model.max_len,
+            precision: config.model.precision,
         },
         limits: Limits {
             max_input_tokens: state.limits.max_input_tokens,

@@ -30,11 +30,13 @@ pub(crate) struct JobState<T = RowOutput> {
     report: Option<Arc<RowProgress>>,
 }
 
-/// What the queue needs to know of any job to drop it.
+/// What the queue and the workers need of any job to drop or fail it.
 pub(crate) trait Liveness {
     fn id(&self) -> u64;
     fn is_expired(&self, now: Instant) -> bool;
     fn is_abandoned(&self) -> bool;
+    /// Answers the caller with `error`, if nobody answered it yet.
+    fn fail(&self, error: EngineError);
 }
 
 impl<T: Clone> Liveness for JobState<T> {
@@ -46,6 +48,9 @@ impl<T: Clone> Liveness for JobState<T> {
     }
     fn is_abandoned(&self) -> bool {
         JobState::is_abandoned(self)
+    }
+    fn fail(&self, error: EngineError) {
+        JobState::fail(self, error)
     }
 }
 

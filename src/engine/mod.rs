@@ -215,6 +215,26 @@ struct Shared {
 }
 
 impl Shared {
+    /// State for `config.workers` model threads (at least one), counted live from the start.
+    fn new(
+        classifier: Arc<dyn Classifier>,
+        gradient_model: Option<Arc<dyn GradientModel>>,
+        config: EngineConfig,
+    ) -> Self {
+        Shared {
+            cache: RowCache::new(config.cache_rows),
+            live_workers: AtomicUsize::new(config.workers.max(1)),
+            config,
+            classifier,
+            gradient_model,
+            queue: Mutex::new(Queue::default()),
+            work_ready: Condvar::new(),
+            counters: Counters::default(),
+            warmed: AtomicBool::new(false),
+            next_job_id: AtomicU64::new(1),
+        }
+    }
+
     fn batch_limits(&self) -> BatchLimits {
         BatchLimits {
             max_tokens: self.config.max_batch_tokens,
@@ -277,18 +297,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Engine {
         let workers = config.workers.max(1);
-        let shared = Arc::new(Shared {
-            cache: RowCache::new(config.cache_rows),
-            config,
-            classifier,
-            gradient_model,
-            queue: Mutex::new(Queue::default()),
-            work_ready: Condvar::new(),
-            counters: Counters::default(),
-            warmed: AtomicBool::new(false),
-            live_workers: AtomicUsize::new(workers),
-            next_job_id: AtomicU64::new(1),
-        });
+        let shared = Arc::new(Shared::new(classifier, gradient_model, config));
         for index in 0..workers {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -413,15 +422,7 @@ impl Engine {
             shared: shared.clone(),
             job_id: id,
         };
-        let answer = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), answer)
-                .await
-                .map_err(|_| EngineError::Timeout)?,
-            None => answer.await,
-        };
-        answer.map_err(|_| {
-            EngineError::Internal("the model thread stopped without answering".into())
-        })?
+        wait_for_answer(answer, deadline).await
     }
 
     /// Whether [`Engine::gradients`] is available.
@@ -506,15 +507,7 @@ impl Engine {
                 shared: shared.clone(),
                 job_id: id,
             };
-            let answer = match options.deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline.into(), answer)
-                    .await
-                    .map_err(|_| EngineError::Timeout)?,
-                None => answer.await,
-            };
-            answer.map_err(|_| {
-                EngineError::Internal("the model thread stopped without answering".into())
-            })??
+            wait_for_answer(answer, options.deadline).await?
         };
         let inference_ms = completed.inference.as_secs_f64() * 1e3;
         let total_ms = submitted.elapsed().as_secs_f64() * 1e3;
@@ -571,6 +564,31 @@ impl Engine {
             dropped_rows: c.dropped_rows.load(Ordering::Relaxed),
             queued_rows: lock(&shared.queue).queued_rows(),
         }
+    }
+}
+
+/// Waits for a job's answer until `deadline`.
+///
+/// A channel closed without an answer means the job was dropped unanswered: past the deadline
+/// that is a timeout (whoever dropped it saw it expire first), before it a bug.
+async fn wait_for_answer<T>(
+    answer: oneshot::Receiver<Result<Completed<T>, EngineError>>,
+    deadline: Option<Instant>,
+) -> Result<Completed<T>, EngineError> {
+    let received = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), answer)
+            .await
+            .map_err(|_| EngineError::Timeout)?,
+        None => answer.await,
+    };
+    match received {
+        Ok(answer) => answer,
+        Err(_closed) if deadline.is_some_and(|deadline| deadline <= Instant::now()) => {
+            Err(EngineError::Timeout)
+        }
+        Err(_closed) => Err(EngineError::Internal(
+            "the model thread stopped without answering".into(),
+        )),
     }
 }
 

@@ -233,8 +233,20 @@ impl Queue {
     }
 
     /// Removes jobs past their deadline or without a caller; returns the rows dropped.
+    ///
+    /// An expired job is answered with [`EngineError::Timeout`] as it goes: its caller's own
+    /// timer may not have fired yet (timers have millisecond resolution and the caller's task
+    /// may wait for a runtime thread), and without an answer the caller would only find its
+    /// channel closed, which reads as a bug rather than a timeout.
     pub fn remove_dead(&mut self, now: Instant) -> usize {
-        self.remove_where(|job| job.is_expired(now) || job.is_abandoned())
+        self.remove_where(|job| {
+            if job.is_expired(now) {
+                job.fail(EngineError::Timeout);
+                true
+            } else {
+                job.is_abandoned()
+            }
+        })
     }
 
     fn remove_where(&mut self, dead: impl Fn(&dyn Liveness) -> bool) -> usize {

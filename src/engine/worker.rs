@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
 
+use super::job::Liveness;
 use super::queue::{Batch, BatchPart, GradientBatch};
 use super::{lock, EngineError, Shared};
 use crate::model::gradients::RowGradient;
@@ -33,14 +34,70 @@ impl Drop for LiveWorker {
     }
 }
 
+impl Work {
+    /// The jobs with rows in this work, to fail if running it goes wrong.
+    fn jobs(&self) -> Vec<Arc<dyn Liveness + Send + Sync>> {
+        match self {
+            Work::Forward(batch) => batch
+                .parts
+                .iter()
+                .map(|part| part.job.clone() as Arc<dyn Liveness + Send + Sync>)
+                .collect(),
+            Work::Gradient(batch) => vec![batch.job.clone()],
+        }
+    }
+}
+
 /// The body of one model thread: runs until the engine shuts down and the queue is empty.
+///
+/// Panics inside the model are caught around the model call ([`guarded`]) and fail only the
+/// jobs of that batch. A panic anywhere else in the worker (a bug in batching or delivery)
+/// fails the jobs of the work in hand ([`run_isolated`]); one outside any work (taking the
+/// next batch) restarts the loop. Either way the thread lives on, so a bug hit by one request
+/// cannot leave the service without a model thread.
 pub(crate) fn run(shared: Arc<Shared>) {
     let live = LiveWorker(shared);
     let shared = &live.0;
-    while let Some(work) = next_work(shared) {
-        match work {
-            Work::Forward(batch) => run_forward(shared, batch),
-            Work::Gradient(batch) => run_gradient(shared, batch),
+    loop {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            while let Some(work) = next_work(shared) {
+                run_isolated(shared, work, run_work);
+            }
+        }));
+        match outcome {
+            Ok(()) => return,
+            Err(payload) => {
+                counter!(metric::WORKER_RESTARTS).increment(1);
+                tracing::error!(
+                    error = %panic_message(payload.as_ref()),
+                    "model thread panicked between batches; restarting its loop"
+                );
+            }
+        }
+    }
+}
+
+fn run_work(shared: &Shared, work: Work) {
+    match work {
+        Work::Forward(batch) => run_forward(shared, batch),
+        Work::Gradient(batch) => run_gradient(shared, batch),
+    }
+}
+
+/// Runs one piece of work with `runner`; if it panics, every job with rows in that work is
+/// answered with an internal error and its queued rows are dropped (its other rows could
+/// never complete it), and the thread carries on.
+fn run_isolated(shared: &Shared, work: Work, runner: impl FnOnce(&Shared, Work)) {
+    let jobs = work.jobs();
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| runner(shared, work)));
+    if let Err(payload) = outcome {
+        let message = format!("model thread panicked: {}", panic_message(payload.as_ref()));
+        counter!(metric::FAILED_BATCHES).increment(1);
+        tracing::error!(jobs = jobs.len(), error = %message, "work failed outside the model");
+        for job in jobs {
+            job.fail(EngineError::Internal(message.clone()));
+            let dropped = lock(&shared.queue).remove(job.id());
+            shared.count_dropped(dropped);
         }
     }
 }
@@ -174,15 +231,20 @@ fn guarded<T, E: std::fmt::Display>(
             outputs.len(),
         )),
         Ok(Err(error)) => Err(error.to_string()),
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic payload".into());
-            Err(format!("model panicked: {what}"))
-        }
+        Err(payload) => Err(format!(
+            "model panicked: {}",
+            panic_message(payload.as_ref())
+        )),
     }
+}
+
+/// The message of a panic, when it has one.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".into())
 }
 
 fn deliver(part: &BatchPart, rows: &[Row], outputs: &[RowOutput], elapsed: Duration) {
@@ -201,4 +263,88 @@ fn fail(shared: &Shared, part: &BatchPart, message: String) {
     part.job.fail(EngineError::Internal(message));
     let dropped = lock(&shared.queue).remove(part.job.id);
     shared.count_dropped(dropped);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::engine::job::{Completed, JobState};
+    use crate::engine::EngineConfig;
+    use crate::model::toy::{ToyClassifier, ToyOutput};
+
+    type Answer = oneshot::Receiver<Result<Completed, EngineError>>;
+
+    fn shared() -> Shared {
+        let toy = ToyClassifier::new(
+            vec!["no".into(), "yes".into()],
+            HashMap::from([(1, vec![0.0, 1.0])]),
+            vec![0.0, 0.0],
+            ToyOutput::Softmax,
+        );
+        let config = EngineConfig {
+            max_batch_rows: 3,
+            cache_rows: 0,
+            ..EngineConfig::default()
+        };
+        Shared::new(Arc::new(toy), None, config)
+    }
+
+    /// Queues a job of `rows` one-token rows; returns the channel its answer arrives on.
+    fn queue_job(shared: &Shared, id: u64, rows: usize) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let job = Arc::new(JobState::new(id, None, vec![None; rows], reply));
+        let rows = (0..rows).map(|slot| (slot, Row::new(vec![1]))).collect();
+        lock(&shared.queue).admit(job, rows, 100).unwrap();
+        answer
+    }
+
+    fn take_work(shared: &Shared) -> Work {
+        lock(&shared.queue)
+            .next_work(shared.batch_limits())
+            .expect("work is queued")
+    }
+
+    #[test]
+    fn a_panic_outside_the_model_fails_only_the_jobs_in_hand_and_the_thread_carries_on() {
+        let shared = shared();
+        let mut big = queue_job(&shared, 1, 3);
+        let mut small = queue_job(&shared, 2, 1);
+        // Three rows per batch: two of the big job and the small one; one big row stays queued.
+        let work = take_work(&shared);
+        let mut waiting = queue_job(&shared, 3, 1);
+        run_isolated(&shared, work, |_, _| panic!("a bug in delivery"));
+
+        for answer in [&mut big, &mut small] {
+            match answer.try_recv() {
+                Ok(Err(EngineError::Internal(message))) => {
+                    assert!(message.contains("a bug in delivery"), "{message}")
+                }
+                _ => panic!("a job of the panicking work is failed with an internal error"),
+            }
+        }
+        assert!(
+            waiting.try_recv().is_err(),
+            "a job not in the work is not answered"
+        );
+        assert_eq!(
+            lock(&shared.queue).queued_rows(),
+            1,
+            "the failed job's other rows are dropped, the waiting job's stay"
+        );
+        assert_eq!(shared.counters.dropped_rows.load(Ordering::Relaxed), 1);
+
+        // The same thread goes on to run the next work normally.
+        let work = take_work(&shared);
+        run_isolated(&shared, work, run_work);
+        let outputs = waiting
+            .try_recv()
+            .expect("answered")
+            .expect("the next job succeeds")
+            .outputs;
+        assert_eq!(outputs.len(), 1);
+    }
 }

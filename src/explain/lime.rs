@@ -363,10 +363,21 @@ pub fn cosine_distances(masks: &[Vec<bool>]) -> Vec<f64> {
 }
 
 /// lime's kernel, `sqrt(exp(-dist^2 / width^2))`, written as lime writes it.
+///
+/// A distance of 0 (the text itself) weighs exactly 1 whatever the width: written as lime
+/// writes it, a width whose square underflows to 0 (below about 1e-154) would give it
+/// `0 / 0 = NaN`, and every number of the fit would be NaN (sent as JSON `null`). For any
+/// other width the result is bit for bit lime's (`exp(-0) = 1`).
 pub fn kernel_weights(distances: &[f64], kernel_width: f64) -> Vec<f64> {
     distances
         .iter()
-        .map(|d| (-(d * d) / (kernel_width * kernel_width)).exp().sqrt())
+        .map(|&d| {
+            if d == 0.0 {
+                1.0
+            } else {
+                (-(d * d) / (kernel_width * kernel_width)).exp().sqrt()
+            }
+        })
         .collect()
 }
 

@@ -14,6 +14,9 @@
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::VarBuilder;
 
+use std::sync::Arc;
+
+use super::amx::{self, PackedBf16};
 use super::config::{Architecture, EncoderConfig};
 use super::kernels;
 
@@ -25,6 +28,8 @@ const MASK_BIAS: f64 = -1e4;
 pub struct Dense {
     weight_t: Tensor,
     bias: Tensor,
+    /// The same weight packed for the AMX kernel when the model runs in bf16.
+    bf16: Option<Arc<PackedBf16>>,
 }
 
 impl Dense {
@@ -34,6 +39,7 @@ impl Dense {
         Ok(Self {
             weight_t: w.t()?.contiguous()?,
             bias: b,
+            bf16: None,
         })
     }
 
@@ -44,7 +50,33 @@ impl Dense {
         Ok(Self {
             weight_t: Tensor::cat(&ws, 1)?.contiguous()?,
             bias: Tensor::cat(&bs, 0)?,
+            bf16: None,
         })
+    }
+
+    /// Packs the weight for the bf16 AMX kernel, which inference calls then use.
+    fn pack_bf16(&mut self) -> candle_core::Result<()> {
+        let (k, m) = self.weight_t.dims2()?;
+        let w = self.weight_t.flatten_all()?.to_vec1::<f32>()?;
+        let b = self.bias.to_vec1::<f32>()?;
+        self.bf16 = Some(Arc::new(PackedBf16::pack(&w, k, m, &b)));
+        Ok(())
+    }
+
+    /// [`Dense::forward`], through the bf16 kernel when packed and `fast` (no gradients).
+    fn forward_fast(&self, x: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
+        match &self.bf16 {
+            Some(packed) if fast && x.dtype() == DType::F32 => amx::linear(x, packed, true),
+            _ => self.forward(x),
+        }
+    }
+
+    /// [`Dense::matmul`], through the bf16 kernel when packed and `fast` (no gradients).
+    fn matmul_fast(&self, x: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
+        match &self.bf16 {
+            Some(packed) if fast && x.dtype() == DType::F32 => amx::linear(x, packed, false),
+            _ => self.matmul(x),
+        }
     }
 
     /// `x @ W + b` over the last dimension of a tensor of any rank.
@@ -234,6 +266,8 @@ pub struct Encoder {
     activation: Activation,
     /// Composite LayerNorm and softmax everywhere, so gradients flow to the input.
     differentiable: bool,
+    /// Dense layers in bf16 on AMX tiles for inference ([`Encoder::use_bf16`]).
+    bf16: bool,
     device: Device,
 }
 
@@ -274,12 +308,46 @@ impl Encoder {
             layers,
             activation: Activation::from_name(&config.hidden_act),
             differentiable,
+            bf16: false,
             device: vb.device().clone(),
         })
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Switches the encoder's dense layers to bf16 on AMX tiles for inference (the
+    /// differentiable path keeps f32). Errors when the weights are not f32 or the CPU has no
+    /// AMX bf16.
+    pub fn use_bf16(&mut self) -> candle_core::Result<()> {
+        if self.dtype() != DType::F32 {
+            candle_core::bail!("bf16 precision needs f32 weights, not {:?}", self.dtype());
+        }
+        if !amx::available() {
+            candle_core::bail!(
+                "bf16 precision needs a CPU with AMX bf16 (Intel Xeon 4th generation, \"Sapphire \
+                 Rapids\", or newer) and a Linux kernel that grants it; this machine has none: \
+                 use precision \"f32\""
+            );
+        }
+        for layer in &mut self.layers {
+            for dense in [
+                &mut layer.qkv,
+                &mut layer.attn_out,
+                &mut layer.ffn_in,
+                &mut layer.ffn_out,
+            ] {
+                dense.pack_bf16()?;
+            }
+        }
+        self.bf16 = true;
+        Ok(())
+    }
+
+    /// Whether inference runs the dense layers in bf16 ([`Encoder::use_bf16`]).
+    pub fn is_bf16(&self) -> bool {
+        self.bf16
     }
 
     pub fn differentiable(&self) -> bool {
@@ -360,7 +428,7 @@ impl Encoder {
         let all_heads = Tensor::ones((b, nh), DType::F32, &self.device)?;
 
         for (li, layer) in self.layers.iter().enumerate() {
-            let qkv = layer.qkv.forward(&x)?; // [B, L, 3H]
+            let qkv = layer.qkv.forward_fast(&x, fast)?; // [B, L, 3H]
             let ctx = if fused {
                 let keep = match input.head_mask {
                     Some(hm) => hm.i((.., li, ..))?,
@@ -391,15 +459,16 @@ impl Encoder {
                 }
                 ctx.transpose(1, 2)?.reshape((b, l, h))?
             };
-            let attn = layer.attn_out.forward(&ctx)?;
+            let attn = layer.attn_out.forward_fast(&ctx, fast)?;
             x = layer.attn_norm.add_forward(&attn, &x, differentiable)?;
             let inter = match self.activation {
-                Activation::GeluErf if fast => {
-                    kernels::bias_gelu_inplace(&layer.ffn_in.matmul(&x)?, &layer.ffn_in.bias)?
-                }
-                act => act.forward(&layer.ffn_in.forward(&x)?)?,
+                Activation::GeluErf if fast => kernels::bias_gelu_inplace(
+                    &layer.ffn_in.matmul_fast(&x, fast)?,
+                    &layer.ffn_in.bias,
+                )?,
+                act => act.forward(&layer.ffn_in.forward_fast(&x, fast)?)?,
             };
-            let out = layer.ffn_out.forward(&inter)?;
+            let out = layer.ffn_out.forward_fast(&inter, fast)?;
             x = layer.out_norm.add_forward(&out, &x, differentiable)?;
         }
         Ok(EncoderOutput {

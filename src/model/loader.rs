@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use super::bert::Encoder;
 use super::config::{Architecture, EncoderConfig, ZeroShotConfig};
@@ -47,6 +49,8 @@ pub struct LoadOptions {
     /// The dtype of the weights and activations: f32 (the default, what the fused kernels
     /// take) or f64 (tests against finite differences; implies `differentiable`).
     pub dtype: DType,
+    /// The precision of inference forward passes (gradients always run in `dtype`).
+    pub precision: Precision,
 }
 
 impl Default for LoadOptions {
@@ -54,6 +58,29 @@ impl Default for LoadOptions {
         Self {
             differentiable: false,
             dtype: DType::F32,
+            precision: Precision::F32,
+        }
+    }
+}
+
+/// How inference multiplies the dense layers (`model.precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 everywhere: within 1e-4 of the reference implementation.
+    #[default]
+    F32,
+    /// Dense-layer inputs and weights rounded to bf16, products accumulated in f32 on Intel
+    /// AMX tiles; everything else f32. Faster, slightly less exact (see the README); needs a
+    /// CPU with AMX bf16.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
         }
     }
 }
@@ -70,6 +97,8 @@ pub enum LoadError {
     Hub { id: String, problem: String },
     #[error("zero-shot head: {0}")]
     ZeroShot(String),
+    #[error("model.precision: {0}")]
+    Precision(String),
 }
 
 /// Loads a local Hugging Face folder, or a hub id (`owner/name`) through `hf-hub`.
@@ -183,7 +212,7 @@ pub fn load_folder(
     };
     // The fused kernels are f32-only: any other dtype takes the composite path everywhere.
     let differentiable = options.differentiable || options.dtype != DType::F32;
-    let encoder = Encoder::load(root, &cfg, differentiable).map_err(|e| {
+    let mut encoder = Encoder::load(root, &cfg, differentiable).map_err(|e| {
         bad(
             &weights_path,
             format!(
@@ -192,6 +221,11 @@ pub fn load_folder(
             ),
         )
     })?;
+    if options.precision == Precision::Bf16 {
+        encoder
+            .use_bf16()
+            .map_err(|e| LoadError::Precision(e.to_string()))?;
+    }
 
     let tokenizer_path = folder.join("tokenizer.json");
     let max_len = cfg.max_len();

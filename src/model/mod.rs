@@ -5,6 +5,7 @@
 //! give me probabilities (and attentions when asked)". Explanation methods are tested against a
 //! toy linear classifier implementing the same trait.
 
+pub mod amx;
 pub mod bert;
 pub mod config;
 pub mod gradients;

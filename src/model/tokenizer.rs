@@ -34,7 +34,7 @@ impl Encoding {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {
-    #[error("text is {tokens} tokens long, over the model's maximum of {max}; shorten it or set truncate = true")]
+    #[error("text is {tokens} tokens long, over the maximum of {max}; shorten it or set truncate = true")]
     TooLong { tokens: usize, max: usize },
     #[error("tokenizer failed: {0}")]
     Tokenizer(String),
@@ -72,7 +72,16 @@ impl TextEncoder {
         })
     }
 
-    /// The model's maximum length in tokens, special tokens included.
+    /// The same tokenizer with a lower maximum length (a server's `limits.max_input_tokens`),
+    /// so that every text it encodes, perturbed and edited texts included, meets that limit.
+    /// A maximum above the current one is ignored: the model cannot take more.
+    pub fn with_max_len(mut self, max_len: usize) -> Self {
+        self.max_len = self.max_len.min(max_len);
+        self
+    }
+
+    /// The maximum length in tokens, special tokens included: the model's, or the lower limit
+    /// given to [`TextEncoder::with_max_len`].
     pub fn max_len(&self) -> usize {
         self.max_len
     }
