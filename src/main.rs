@@ -60,7 +60,7 @@ fn load(config: &Config) -> anyhow::Result<LoadedModel> {
         &config.model.source,
         &config.model.zero_shot,
         &LoadOptions {
-            precision: config.model.precision,
+            precision: config.model.matmul_precision,
             ..LoadOptions::default()
         },
     )
@@ -71,7 +71,7 @@ fn load(config: &Config) -> anyhow::Result<LoadedModel> {
         )
     })?;
     let info = loaded.info();
-    tracing::info!(id = %info.id, architecture = %info.architecture, head = %info.head, labels = ?info.labels, precision = config.model.precision.name(), "model loaded");
+    tracing::info!(id = %info.id, architecture = %info.architecture, head = %info.head, labels = ?info.labels, matmul_precision = loaded.precision.name(), "model loaded");
     Ok(loaded)
 }
 
@@ -82,6 +82,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let loaded = load(&config)?;
+        // /info reports the precision in force (`high` falls back to `highest` without AMX).
+        let mut config = config;
+        config.model.matmul_precision = loaded.precision;
         let (host, port) = (config.server.host.clone(), config.server.port);
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let state = AppState::with_gradients(
