@@ -130,7 +130,7 @@ setup_promtool() {
 
 # nginx_conf DIR GATEWAY_PORT UPSTREAM_PORT...: writes DIR/nginx.conf and DIR/glassbox.conf from
 # docker/nginx/ with only these replacements: in nginx.conf the user, pid and include path, and
-# temporary folders under DIR; in glassbox.conf the two lines marked "validate-deploy:".
+# temporary folders under DIR; in glassbox.conf the lines marked "validate-deploy:".
 nginx_conf() {
     local dir="$1" gport="$2"
     shift 2
@@ -141,11 +141,12 @@ src, dst, gport, user, *ports = sys.argv[1:]
 conf = open(f"{src}/glassbox.conf").read()
 # The upstream line names the compose service; here one line per local replica, with the
 # same parameters (max_fails, fail_timeout, ...).
+# Every upstream block (the general one and the jobs one) has one such line.
 pattern = r"^( *)server glassbox:8080( [^;]*)?;  # validate-deploy: upstream\n"
-m = re.search(pattern, conf, re.M)
-assert m and len(re.findall(pattern, conf, re.M)) == 1, "the upstream line marked validate-deploy is missing"
-servers = "".join(f"{m.group(1)}server 127.0.0.1:{p}{m.group(2) or ''};  # validate-deploy: upstream\n" for p in ports)
-conf = conf[: m.start()] + servers + conf[m.end():]
+def servers(m):
+    return "".join(f"{m.group(1)}server 127.0.0.1:{p}{m.group(2) or ''};  # validate-deploy: upstream\n" for p in ports)
+conf, n = re.subn(pattern, servers, conf, flags=re.M)
+assert n >= 1, "the upstream line marked validate-deploy is missing"
 conf, n = re.subn(r"^( *)listen 8080;  # validate-deploy: listen$", rf"\1listen 127.0.0.1:{gport};  # validate-deploy: listen", conf, flags=re.M)
 assert n == 1, "the listen line marked validate-deploy is missing"
 open(f"{dst}/glassbox.conf", "w").write(conf)
