@@ -6,9 +6,11 @@
 
 pub mod attention;
 pub mod auth;
+pub mod compare;
 pub mod counterfactual;
 pub mod dto;
 pub mod error;
+pub mod evaluate;
 pub mod explain;
 pub mod extract;
 pub mod gradients;
@@ -133,6 +135,7 @@ pub fn app(state: AppState) -> Router {
             post(counterfactual::explain_counterfactual_route),
         )
         .route("/explain/shap", post(shap::explain_shap_route))
+        .route("/explain/compare", post(compare::explain_compare_route))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/info", get(ops::info))

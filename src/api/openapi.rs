@@ -24,6 +24,7 @@ use super::{dto, error, ops, predict};
         crate::api::occlusion::explain_occlusion_route,
         crate::api::counterfactual::explain_counterfactual_route,
         crate::api::shap::explain_shap_route,
+        crate::api::compare::explain_compare_route,
     ),
     components(schemas(
         error::ErrorBody,
@@ -46,6 +47,8 @@ use super::{dto, error, ops, predict};
         crate::api::counterfactual::CounterfactualResponse,
         crate::api::shap::ShapRequest,
         crate::api::shap::ShapResponse,
+        crate::api::compare::CompareRequest,
+        crate::api::compare::CompareResponse,
     )),
     tags(
         (name = "predict", description = "Classification"),
