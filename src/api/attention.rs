@@ -84,6 +84,13 @@ pub struct AttentionResponse {
 /// their own entries. Numbers are rounded to `precision` decimals, and a request whose answer
 /// would hold more than `limits.max_attention_values` numbers is refused before any model
 /// work (the default, every layer with heads averaged, fits a 512-token text).
+///
+/// With `evaluate = true`, `faithfulness` scores attention rollout's pooled row (the row the
+/// classifier head reads: `[CLS]`, or the mean row for mean-pooling heads), summed over each
+/// word occurrence's tokens (`features`), whatever `aggregation` returns, with ERASER
+/// comprehensiveness and sufficiency at 1, 5, 10, 20 and 50% of the words and their AOPC
+/// (words removed from the text): up to 10 extra model rows per target. Without it nothing
+/// extra is computed.
 #[utoipa::path(
     post,
     path = "/explain/attention",
@@ -129,8 +136,9 @@ pub struct AttentionResponse {
         (status = 422, description = "`validation_error` naming the field: empty text, text \
             too long without `truncate`, unknown `target`, a layer or head that does not exist \
             (`layers`, `heads`, `mask`), an unknown `aggregation` or `granularity`, `precision` \
-            out of 0..8, `layers`/`heads` with `rollout`, or an answer larger than \
-            `limits.max_attention_values` (the message says how to narrow it)", body = ErrorBody,
+            out of 0..8, `layers`/`heads` with `rollout`, an answer larger than \
+            `limits.max_attention_values` (the message says how to narrow it), or `evaluate` \
+            with `mask` or on a text without words", body = ErrorBody,
             example = json!({"error": {"code": "validation_error", "message":
                 "this request would return 18874368 attention values (512 x 512 per matrix), over the limit of 2000000 (limits.max_attention_values); narrow it with fewer \"layers\" (e.g. [0, 5]), or fewer \"heads\", or \"aggregation\": \"mean\", or \"granularity\": \"words\", or a shorter text",
                 "details": {"field": "aggregation"}}})),

@@ -78,6 +78,11 @@ pub struct LimeResponse {
 /// is doing and whether the row cache is on or off; without a `seed` one is drawn and echoed
 /// in `params.seed`. Repeated perturbations are evaluated once (`distinct_rows`), and rows
 /// seen recently by any request are answered from the row cache (`usage.cache_hits`).
+///
+/// With `evaluate = true`, `faithfulness` scores each target's weights (a word the surrogate
+/// did not keep scores 0) with ERASER comprehensiveness and sufficiency at 1, 5, 10, 20 and
+/// 50% of the features and their AOPC, removing the top-ranked features with the request's
+/// `mask`: up to 10 extra model rows per target. Without it nothing extra is computed.
 #[utoipa::path(
     post,
     path = "/explain/lime",
@@ -121,7 +126,8 @@ pub struct LimeResponse {
         (status = 422, description = "`validation_error` naming the field: empty text or a text \
             without words, text too long without `truncate`, unknown `target`, `num_samples` \
             over `limits.max_num_samples`, a parameter out of range, an unknown \
-            `feature_selection`, `mask` or `features`", body = ErrorBody,
+            `feature_selection`, `mask` or `features`, `evaluate` on a text whose perturbed \
+            form grows too long", body = ErrorBody,
             example = json!({"error": {"code": "validation_error", "message":
                 "num_samples must be between 2 and 20000 (got 50000)",
                 "details": {"field": "num_samples"}}})),

@@ -68,6 +68,11 @@ pub struct OcclusionResponse {
 /// Per removal: the edited text (with `mask = "remove"`), every label's probability, the
 /// drop `f_j(x) - f_j(x')` of each target label, the new predicted label and whether it
 /// flipped. Deterministic: no seed.
+///
+/// With `evaluate = true` (leave-one-out only), `faithfulness` scores each target's drops as
+/// an attribution with ERASER comprehensiveness and sufficiency at 1, 5, 10, 20 and 50% of
+/// the features and their AOPC, removing the top-ranked features with the request's `mask`:
+/// up to 10 extra model rows per target. Without it nothing extra is computed.
 #[utoipa::path(
     post,
     path = "/explain/occlusion",
@@ -107,7 +112,7 @@ pub struct OcclusionResponse {
             without words, text too long without `truncate`, unknown `target`, `window` or \
             `stride` of 0, `stride` without `window`, more removals than \
             `limits.max_num_samples`, an unknown `mask` or `features`, a `mask` the tokenizer \
-            cannot do", body = ErrorBody,
+            cannot do, `evaluate` with `window`", body = ErrorBody,
             example = json!({"error": {"code": "validation_error", "message":
                 "window must be at least 1 (got 0)", "details": {"field": "window"}}})),
         (status = 500, description = "`internal`: a bug, logged with the request id",

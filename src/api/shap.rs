@@ -70,6 +70,11 @@ pub struct ShapResponse {
 /// 2048: up to 11 features); above, `shap`'s KernelExplainer scheme: the smallest and
 /// largest coalition sizes enumerated, the rest sampled in complementary pairs, reproducible
 /// from `seed` (drawn and echoed in `params.seed` when absent).
+///
+/// With `evaluate = true`, `faithfulness` scores each target's values with ERASER
+/// comprehensiveness and sufficiency at 1, 5, 10, 20 and 50% of the features and their AOPC,
+/// removing the top-ranked features with the request's `mask`: up to 10 extra model rows per
+/// target (most are coalitions already evaluated). Without it nothing extra is computed.
 #[utoipa::path(
     post,
     path = "/explain/shap",
