@@ -13,7 +13,7 @@ ARGS ?=
 
 .PHONY: help model browser test screenshots run openapi bench lint stress clean
 .PHONY: validate-deploy measure-memory
-.PHONY: bench-lime test-slow
+.PHONY: bench-lime bench-ig test-slow
 
 help:
 	@echo "make model    fetch and verify all-MiniLM-L6-v2 into $(MODEL_DIR) (scripts/fetch-model.sh)"
@@ -24,6 +24,7 @@ help:
 	@echo "make openapi  write openapi/openapi.json"
 	@echo "make bench    Python baseline forward benchmark (scripts/bench.sh)"
 	@echo "make bench-lime  POST /explain/lime against Python lime, side by side (scripts/bench-lime.sh; ARGS=--quick)"
+	@echo "make bench-ig    POST /explain/gradients (IG, 50 steps) against Captum, and evaluate's cost (scripts/bench-ig.sh; ARGS=--quick)"
 	@echo "make test-slow   the slow LIME parity tests (release build, --ignored)"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
 	@echo "make stress   scripts/stress.sh, if present"
@@ -63,6 +64,10 @@ bench: model
 # part of `make bench`; ARGS=--quick for a 30-second check.
 bench-lime: model
 	scripts/bench-lime.sh $(ARGS)
+
+# A few minutes: three sentences x 3 alternating repetitions, then evaluate's cost.
+bench-ig: model
+	scripts/bench-ig.sh $(ARGS)
 
 # Statistical parity with Python lime at 5000 samples, three seeds (minutes, release build).
 test-slow: model

@@ -13,7 +13,6 @@
 //! * [`rank_methods`]: the ranking by AOPC comprehensiveness, with its tie-break.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -152,42 +151,38 @@ impl<'a, E: Evaluator> MemoEvaluator<'a, E> {
 impl<E: Evaluator> Evaluator for MemoEvaluator<'_, E> {
     type Error = E::Error;
 
-    fn evaluate(
-        &self,
-        rows: Vec<Row>,
-    ) -> impl Future<Output = Result<Vec<RowOutput>, E::Error>> + Send {
-        async move {
-            let missing: Vec<Row> = {
-                let memo = self.memo.lock().expect("memo lock");
-                let mut asked: HashSet<&Row> = HashSet::new();
-                let mut missing = Vec::new();
-                for row in &rows {
-                    if !asked.insert(row) {
-                        continue;
-                    }
-                    if memo.contains_key(row) {
-                        self.shared.fetch_add(1, Ordering::SeqCst);
-                    } else {
-                        missing.push(row.clone());
-                    }
-                }
-                missing
-            };
-            if !missing.is_empty() {
-                let outputs = self.inner.evaluate(missing.clone()).await?;
-                let mut memo = self.memo.lock().expect("memo lock");
-                memo.extend(missing.into_iter().zip(outputs));
-            }
+    async fn evaluate(&self, rows: Vec<Row>) -> Result<Vec<RowOutput>, E::Error> {
+        let missing: Vec<Row> = {
             let memo = self.memo.lock().expect("memo lock");
-            Ok(rows
-                .iter()
-                .map(|row| {
-                    memo.get(row)
-                        .cloned()
-                        .expect("every row was evaluated or remembered")
-                })
-                .collect())
+            let mut asked: HashSet<&Row> = HashSet::new();
+            let mut missing = Vec::new();
+            for row in &rows {
+                if !asked.insert(row) {
+                    continue;
+                }
+                if memo.contains_key(row) {
+                    self.shared.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    missing.push(row.clone());
+                }
+            }
+            missing
+        };
+        if !missing.is_empty() {
+            let outputs = self.inner.evaluate(missing.clone()).await?;
+            let mut memo = self.memo.lock().expect("memo lock");
+            memo.extend(missing.into_iter().zip(outputs));
         }
+        let memo = self.memo.lock().expect("memo lock");
+        Ok(rows
+            .iter()
+            .map(|row| {
+                memo.get(row)
+                    .cloned()
+                    // The inner evaluator answers one output per row (the trait's contract).
+                    .expect("every row was evaluated or remembered")
+            })
+            .collect())
     }
 
     fn usage(&self) -> Usage {
