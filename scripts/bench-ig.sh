@@ -36,7 +36,10 @@ BASELINE_PY="$(scripts/setup-baseline.sh | tail -n 1)"
 [[ -x "$BASELINE_PY" ]] || { echo "bench-ig: baseline python '$BASELINE_PY' not usable" >&2; exit 1; }
 
 cargo build --release >&2
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+# A private copy: a shared target directory's binary can be replaced by another build mid-run.
+BIN="$(mktemp -t glassbox-bench-ig.XXXXXX)"
+cp "${CARGO_TARGET_DIR:-target}/release/glassbox" "$BIN"
+chmod +x "$BIN"
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 URL="http://127.0.0.1:$PORT"
 mkdir -p bench/results
@@ -44,10 +47,10 @@ STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="bench/results/ig-$STAMP.jsonl"
 LOG="bench/results/ig-$STAMP.server.log"
 
-"$TARGET_DIR/release/glassbox" serve --model "$MODEL_DIR" --host 127.0.0.1 --port "$PORT" \
+"$BIN" serve --model "$MODEL_DIR" --host 127.0.0.1 --port "$PORT" \
     --cache-rows 0 --request-timeout-ms 600000 --log-level warn >"$LOG" 2>&1 &
 SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; [[ -s "$LOG" ]] || rm -f "$LOG"' EXIT
+trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -f "$BIN"; [[ -s "$LOG" ]] || rm -f "$LOG"' EXIT
 
 echo "bench-ig: waiting for $URL/ready (server pid $SERVER, log $LOG)" >&2
 for _ in $(seq 1 600); do

@@ -49,9 +49,15 @@ impl Dense {
 
     /// `x @ W + b` over the last dimension of a tensor of any rank.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if x.is_contiguous() && !x.track_op() && x.dtype() == DType::F32 {
-            // Inference: one gemm that accumulates into the broadcast bias (f32 only).
-            return kernels::linear(x, &self.weight_t, &self.bias);
+        if x.dtype() == DType::F32 && !self.weight_t.track_op() {
+            if x.track_op() {
+                // The gradient path: the same gemm, and a backward pass for the input only.
+                return kernels::linear_input_grad(x, &self.weight_t, &self.bias);
+            }
+            if x.is_contiguous() {
+                // Inference: one gemm that accumulates into the broadcast bias (f32 only).
+                return kernels::linear(x, &self.weight_t, &self.bias);
+            }
         }
         self.matmul(x)?.broadcast_add(&self.bias)
     }

@@ -601,6 +601,53 @@ pub fn linear(x: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3_no_bwd(weight_t, bias, &Linear)
 }
 
+/// [`Linear`] on the gradient path: the same forward, and a backward pass that gives only the
+/// input's gradient, `grad @ W^T`. Candle's own matmul backward also computes the weight's
+/// gradient (`x^T @ grad`, as many FLOPs as the forward) and the bias's, whether or not
+/// anything asked for them; input attributions never need them.
+struct InputGradLinear;
+
+impl CustomOp3 for InputGradLinear {
+    fn name(&self) -> &'static str {
+        "glassbox-linear-input-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Linear.cpu_fwd(s1, l1, s2, l2, s3, l3)
+    }
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _arg3: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (k, m) = arg2.dims2()?;
+        let n = grad_res.elem_count() / m.max(1);
+        let grad = grad_res
+            .contiguous()?
+            .reshape((n, m))?
+            .matmul(&arg2.t()?)?
+            .reshape(arg1.dims())?;
+        debug_assert_eq!(grad.dim(grad.rank() - 1)?, k);
+        Ok((Some(grad), None, None))
+    }
+}
+
+/// `x @ W + b` for the gradient path (f32): differentiable in `x` only (see
+/// [`InputGradLinear`]).
+pub fn linear_input_grad(x: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(weight_t, bias, InputGradLinear)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,6 +662,40 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    #[test]
+    fn input_grad_linear_has_candles_forward_and_input_gradient() {
+        use candle_core::{Device, Var};
+        let dev = Device::Cpu;
+        let x0 = Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (8, 5), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap();
+        let grad_of = |fused: bool| {
+            let x = Var::from_tensor(&x0).unwrap();
+            let y = if fused {
+                linear_input_grad(x.as_tensor(), &w, &b).unwrap()
+            } else {
+                x.as_tensor()
+                    .broadcast_matmul(&w)
+                    .unwrap()
+                    .broadcast_add(&b)
+                    .unwrap()
+            };
+            let loss = (&y * &probe).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            (
+                y,
+                grads.get(x.as_tensor()).unwrap().clone(),
+                grads.get(&w).is_some(),
+            )
+        };
+        let (y_fused, g_fused, weight_grad) = grad_of(true);
+        let (y_plain, g_plain, _) = grad_of(false);
+        assert!(max_diff(&y_fused, &y_plain) < 1e-5);
+        assert!(max_diff(&g_fused, &g_plain) < 1e-5);
+        assert!(!weight_grad, "no gradient for the weight");
     }
 
     #[test]
