@@ -73,6 +73,14 @@ fn configure(
 ) -> anyhow::Result<Config> {
     let config = Config::load(file, overrides)?;
     telemetry::init_logging(config.log.format, &config.log.level).map_err(anyhow::Error::msg)?;
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // candle's own element-wise ops split every tensor over a pool whose caller spins
+        // until the others finish. The gradient path runs hundreds of them per request, so
+        // that spinning doubled integrated gradients' CPU time (more on a busy machine).
+        // Run them on the calling thread; matrix products and our kernels (the whole
+        // inference path) still use `intra_op_threads`.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     if config.model.intra_op_threads > 0 {
         // candle sizes its thread pool from the variable rayon reads.
         std::env::set_var(
