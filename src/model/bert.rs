@@ -118,7 +118,9 @@ impl Norm {
     }
 
     fn forward(&self, x: &Tensor, differentiable: bool) -> candle_core::Result<Tensor> {
-        if differentiable {
+        if differentiable && x.dtype() == DType::F32 {
+            kernels::layer_norm_input_grad(x, &self.weight, &self.bias, self.eps as f32)
+        } else if differentiable {
             candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
         } else {
             candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
@@ -382,7 +384,11 @@ impl Encoder {
                     kernels::masked_softmax(&q.matmul(&k.t()?)?, &key_bias, scale as f32)?
                 } else {
                     let scores = (q * scale)?.matmul(&k.t()?)?.broadcast_add(&key_bias4)?; // [B, nh, L, L]
-                    candle_nn::ops::softmax(&scores, D::Minus1)?
+                    if scores.dtype() == DType::F32 {
+                        kernels::softmax_last_dim_input_grad(&scores)?
+                    } else {
+                        candle_nn::ops::softmax(&scores, D::Minus1)?
+                    }
                 };
                 if let Some(hm) = input.head_mask {
                     let m = hm

@@ -15,7 +15,8 @@
 //! (|error| < 1.5e-7); the golden tests hold these paths to 1e-4 like every other.
 
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp2, InplaceOp3, Layout, Result, Shape,
+    Tensor,
 };
 use rayon::prelude::*;
 
@@ -648,6 +649,166 @@ pub fn linear_input_grad(x: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result
     x.contiguous()?.apply_op3(weight_t, bias, InputGradLinear)
 }
 
+// ---------------------------------------------------------------- gradient path
+//
+// Candle differentiates LayerNorm and softmax through their compositions (mean, subtract,
+// square, divide, exp, sum, ...): a dozen element-wise ops forward and twice as many
+// backward, each a pass over the whole activation. The two ops below compute the same
+// function in one pass and give the input's gradient in closed form in one more.
+
+/// Mean and `1 / sqrt(var + eps)` of one row (f64 sums, as the fused inference kernel).
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len().max(1) as f64;
+    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = row
+        .iter()
+        .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+        .sum::<f64>()
+        / n;
+    (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
+}
+
+/// The rows of a contiguous f32 tensor as a vector (for a backward pass).
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// LayerNorm over the last dimension, differentiable in its input only:
+/// `dx = rstd * (g w - mean(g w) - xhat * mean(g w xhat))`.
+struct InputGradLayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for InputGradLayerNorm {
+    fn name(&self) -> &'static str {
+        "glassbox-layer-norm-input-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, "layer norm input")?;
+        let w = contiguous(s2, l2, "layer norm weight")?;
+        let b = contiguous(s3, l3, "layer norm bias")?;
+        let h = w.len();
+        if h == 0 || b.len() != h || l1.dims().last() != Some(&h) {
+            candle_core::bail!(
+                "layer norm: input {:?}, weight {:?}, bias {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        for (row, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+            let (mean, rstd) = moments(row, self.eps);
+            for j in 0..h {
+                o[j] = (row[j] - mean) * rstd * w[j] + b[j];
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _arg3: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let x = values(arg1)?;
+        let w = values(arg2)?;
+        let g = values(grad_res)?;
+        let h = w.len().max(1);
+        let mut dx = vec![0f32; x.len()];
+        for ((row, g), d) in x
+            .chunks_exact(h)
+            .zip(g.chunks_exact(h))
+            .zip(dx.chunks_exact_mut(h))
+        {
+            let (mean, rstd) = moments(row, self.eps);
+            let (mut sum_gw, mut sum_gw_xhat) = (0f64, 0f64);
+            for j in 0..h {
+                let gw = (g[j] * w[j]) as f64;
+                sum_gw += gw;
+                sum_gw_xhat += gw * ((row[j] - mean) * rstd) as f64;
+            }
+            let (m1, m2) = ((sum_gw / h as f64) as f32, (sum_gw_xhat / h as f64) as f32);
+            for j in 0..h {
+                let xhat = (row[j] - mean) * rstd;
+                d[j] = rstd * (g[j] * w[j] - m1 - xhat * m2);
+            }
+        }
+        let dx = Tensor::from_vec(dx, arg1.shape(), arg1.device())?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// LayerNorm over the last dimension for the gradient path (f32): differentiable in `x` only.
+pub fn layer_norm_input_grad(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(weight, bias, InputGradLayerNorm { eps })
+}
+
+/// Softmax over the last dimension, differentiable: `dx = y * (g - sum(g y))`.
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "glassbox-softmax-last-dim"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l, "softmax input")?;
+        let n = *l.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; x.len()];
+        if n > 0 {
+            for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, &v) in o.iter_mut().zip(row) {
+                    *o = (v - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|v| *v *= inv);
+            }
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let y = values(res)?;
+        let g = values(grad_res)?;
+        let n = arg.dims().last().copied().unwrap_or(1).max(1);
+        let mut dx = vec![0f32; y.len()];
+        for ((y, g), d) in y
+            .chunks_exact(n)
+            .zip(g.chunks_exact(n))
+            .zip(dx.chunks_exact_mut(n))
+        {
+            let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+            for j in 0..n {
+                d[j] = y[j] * (g[j] - dot);
+            }
+        }
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// Softmax over the last dimension for the gradient path (f32).
+pub fn softmax_last_dim_input_grad(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(SoftmaxLastDim)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,6 +857,35 @@ mod tests {
         assert!(max_diff(&y_fused, &y_plain) < 1e-5);
         assert!(max_diff(&g_fused, &g_plain) < 1e-5);
         assert!(!weight_grad, "no gradient for the weight");
+    }
+
+    #[test]
+    fn gradient_path_layer_norm_and_softmax_match_candles_compositions() {
+        use candle_core::{Device, Var, D};
+        let dev = Device::Cpu;
+        let x0 = (Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap() * 3.0).unwrap();
+        let w = Tensor::randn(1f32, 0.5, 16, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.5, 16, &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let run = |which: u8| {
+            let x = Var::from_tensor(&x0).unwrap();
+            let t = x.as_tensor();
+            let y = match which {
+                0 => layer_norm_input_grad(t, &w, &b, 1e-12).unwrap(),
+                1 => candle_nn::ops::layer_norm_slow(t, &w, &b, 1e-12).unwrap(),
+                2 => softmax_last_dim_input_grad(t).unwrap(),
+                _ => candle_nn::ops::softmax(t, D::Minus1).unwrap(),
+            };
+            let loss = (&y * &probe).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            (y, grads.get(t).unwrap().clone())
+        };
+        for (ours, theirs) in [(0, 1), (2, 3)] {
+            let (y_ours, g_ours) = run(ours);
+            let (y_theirs, g_theirs) = run(theirs);
+            assert!(max_diff(&y_ours, &y_theirs) < 1e-5, "forward {ours}");
+            assert!(max_diff(&g_ours, &g_theirs) < 1e-4, "gradient {ours}");
+        }
     }
 
     #[test]
