@@ -145,6 +145,10 @@ impl Activation {
     }
     fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            // The gradient path: one op with a closed-form derivative.
+            Activation::GeluErf if x.dtype() == DType::F32 && x.track_op() => {
+                kernels::gelu_erf_input_grad(x)
+            }
             Activation::GeluErf => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),

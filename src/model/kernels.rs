@@ -760,6 +760,50 @@ pub fn layer_norm_input_grad(
         .apply_op3(weight, bias, InputGradLayerNorm { eps })
 }
 
+/// erf from Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7), as [`gelu_f32`] uses it.
+#[inline(always)]
+fn erf_f32(x: f32) -> f32 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
+    (1.0 - poly * exp_f32(-z * z)).copysign(x)
+}
+
+/// Exact-form GELU, differentiable: `d gelu / dx = Phi(x) + x phi(x)`.
+struct InputGradGelu;
+
+impl CustomOp1 for InputGradGelu {
+    fn name(&self) -> &'static str {
+        "glassbox-gelu-input-grad"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l, "gelu input")?;
+        let out: Vec<f32> = x.iter().map(|&v| gelu_f32(v)).collect();
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let x = values(arg)?;
+        let g = values(grad_res)?;
+        let dx: Vec<f32> = x
+            .iter()
+            .zip(&g)
+            .map(|(&x, &g)| {
+                let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                g * (cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x))
+            })
+            .collect();
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// Exact-form GELU for the gradient path (f32).
+pub fn gelu_erf_input_grad(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(InputGradGelu)
+}
+
 /// Softmax over the last dimension, differentiable: `dx = y * (g - sum(g y))`.
 struct SoftmaxLastDim;
 
@@ -860,7 +904,7 @@ mod tests {
     }
 
     #[test]
-    fn gradient_path_layer_norm_and_softmax_match_candles_compositions() {
+    fn gradient_path_layer_norm_softmax_and_gelu_match_candles_compositions() {
         use candle_core::{Device, Var, D};
         let dev = Device::Cpu;
         let x0 = (Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap() * 3.0).unwrap();
@@ -874,13 +918,15 @@ mod tests {
                 0 => layer_norm_input_grad(t, &w, &b, 1e-12).unwrap(),
                 1 => candle_nn::ops::layer_norm_slow(t, &w, &b, 1e-12).unwrap(),
                 2 => softmax_last_dim_input_grad(t).unwrap(),
-                _ => candle_nn::ops::softmax(t, D::Minus1).unwrap(),
+                3 => candle_nn::ops::softmax(t, D::Minus1).unwrap(),
+                4 => gelu_erf_input_grad(t).unwrap(),
+                _ => t.gelu_erf().unwrap(),
             };
             let loss = (&y * &probe).unwrap().sum_all().unwrap();
             let grads = loss.backward().unwrap();
             (y, grads.get(t).unwrap().clone())
         };
-        for (ours, theirs) in [(0, 1), (2, 3)] {
+        for (ours, theirs) in [(0, 1), (2, 3), (4, 5)] {
             let (y_ours, g_ours) = run(ours);
             let (y_theirs, g_theirs) = run(theirs);
             assert!(max_diff(&y_ours, &y_theirs) < 1e-5, "forward {ours}");
