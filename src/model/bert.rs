@@ -386,13 +386,16 @@ impl Encoder {
                 let v = qkv.i(2)?.contiguous()?;
                 let mut probs = if fast {
                     kernels::masked_softmax(&q.matmul(&k.t()?)?, &key_bias, scale as f32)?
+                } else if q.dtype() == DType::F32 {
+                    // The gradient path: scale, key bias and softmax in one differentiable op.
+                    kernels::masked_softmax_input_grad(
+                        &q.matmul(&k.t()?)?,
+                        &key_bias,
+                        scale as f32,
+                    )?
                 } else {
                     let scores = (q * scale)?.matmul(&k.t()?)?.broadcast_add(&key_bias4)?; // [B, nh, L, L]
-                    if scores.dtype() == DType::F32 {
-                        kernels::softmax_last_dim_input_grad(&scores)?
-                    } else {
-                        candle_nn::ops::softmax(&scores, D::Minus1)?
-                    }
+                    candle_nn::ops::softmax(&scores, D::Minus1)?
                 };
                 if let Some(hm) = input.head_mask {
                     let m = hm

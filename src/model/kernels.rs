@@ -292,6 +292,39 @@ impl CustomOp2 for MaskedSoftmax {
             });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
+    /// The gradient path: `d scores = scale * y * (g - sum(g y))` per row (the key bias is
+    /// not differentiated).
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        _arg2: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let y = values(res)?;
+        let g = values(grad_res)?;
+        let n = arg1.dims().last().copied().unwrap_or(1).max(1);
+        let scale = self.scale;
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(n * 64)
+            .zip(y.par_chunks(n * 64).zip(g.par_chunks(n * 64)))
+            .for_each(|(d, (y, g))| {
+                for ((d, y), g) in d
+                    .chunks_exact_mut(n)
+                    .zip(y.chunks_exact(n))
+                    .zip(g.chunks_exact(n))
+                {
+                    let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+                    for j in 0..n {
+                        d[j] = scale * y[j] * (g[j] - dot);
+                    }
+                }
+            });
+        Ok((
+            Some(Tensor::from_vec(dx, arg1.shape(), arg1.device())?),
+            None,
+        ))
+    }
 }
 
 /// Attention probabilities from raw `q k^T` scores, fused and parallel.
@@ -299,6 +332,14 @@ pub fn masked_softmax(scores: &Tensor, key_bias: &Tensor, scale: f32) -> Result<
     scores
         .contiguous()?
         .apply_op2_no_bwd(&key_bias.contiguous()?, &MaskedSoftmax { scale })
+}
+
+/// [`masked_softmax`] on the gradient path: differentiable in the scores (one op instead of
+/// candle's scale, bias add and softmax composition, each a pass forward and backward).
+pub fn masked_softmax_input_grad(scores: &Tensor, key_bias: &Tensor, scale: f32) -> Result<Tensor> {
+    scores
+        .contiguous()?
+        .apply_op2(&key_bias.contiguous()?, MaskedSoftmax { scale })
 }
 
 /// `x <- LayerNorm(x + residual)` with `[2, H]` parameters (gamma row 0, beta row 1), in
@@ -804,55 +845,6 @@ pub fn gelu_erf_input_grad(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(InputGradGelu)
 }
 
-/// Softmax over the last dimension, differentiable: `dx = y * (g - sum(g y))`.
-struct SoftmaxLastDim;
-
-impl CustomOp1 for SoftmaxLastDim {
-    fn name(&self) -> &'static str {
-        "glassbox-softmax-last-dim"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l, "softmax input")?;
-        let n = *l.dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; x.len()];
-        if n > 0 {
-            for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &v) in o.iter_mut().zip(row) {
-                    *o = (v - max).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|v| *v *= inv);
-            }
-        }
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let y = values(res)?;
-        let g = values(grad_res)?;
-        let n = arg.dims().last().copied().unwrap_or(1).max(1);
-        let mut dx = vec![0f32; y.len()];
-        for ((y, g), d) in y
-            .chunks_exact(n)
-            .zip(g.chunks_exact(n))
-            .zip(dx.chunks_exact_mut(n))
-        {
-            let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
-            for j in 0..n {
-                d[j] = y[j] * (g[j] - dot);
-            }
-        }
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
-    }
-}
-
-/// Softmax over the last dimension for the gradient path (f32).
-pub fn softmax_last_dim_input_grad(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(SoftmaxLastDim)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -911,14 +903,33 @@ mod tests {
         let w = Tensor::randn(1f32, 0.5, 16, &dev).unwrap();
         let b = Tensor::randn(0f32, 0.5, 16, &dev).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        // 0 on real keys, -1e4 on the last three keys of the second row (padding).
+        let mut bias = vec![0f32; 32];
+        bias[29..].iter_mut().for_each(|v| *v = -1e4);
+        let key_bias = Tensor::from_vec(bias, (2, 16), &dev).unwrap();
         let run = |which: u8| {
             let x = Var::from_tensor(&x0).unwrap();
             let t = x.as_tensor();
             let y = match which {
                 0 => layer_norm_input_grad(t, &w, &b, 1e-12).unwrap(),
                 1 => candle_nn::ops::layer_norm_slow(t, &w, &b, 1e-12).unwrap(),
-                2 => softmax_last_dim_input_grad(t).unwrap(),
-                3 => candle_nn::ops::softmax(t, D::Minus1).unwrap(),
+                2 => {
+                    let scores = t.reshape((2, 1, 3, 16)).unwrap();
+                    masked_softmax_input_grad(&scores, &key_bias, 0.3)
+                        .unwrap()
+                        .reshape((2, 3, 16))
+                        .unwrap()
+                }
+                3 => {
+                    let scores = (t.reshape((2, 1, 3, 16)).unwrap() * 0.3).unwrap();
+                    let biased = scores
+                        .broadcast_add(&key_bias.reshape((2, 1, 1, 16)).unwrap())
+                        .unwrap();
+                    candle_nn::ops::softmax(&biased, D::Minus1)
+                        .unwrap()
+                        .reshape((2, 3, 16))
+                        .unwrap()
+                }
                 4 => gelu_erf_input_grad(t).unwrap(),
                 _ => t.gelu_erf().unwrap(),
             };
