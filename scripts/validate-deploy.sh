@@ -323,17 +323,39 @@ gateway_fake_checks() {
         stop_fakes
     done
 
+    # Job requests are hashed on the caller (Authorization, address): 16 callers spread over
+    # both replicas (all on one: probability 2^-16).
     run_fakes drop ok
-    out="$(gw_requests "http://127.0.0.1:$gp" POST /jobs 10 'idempotency-key: k-1')"
-    local n502 n200 ha hb
+    local n502 n200 ha hb i out
+    out="$(for ((i = 0; i < 16; i++)); do
+        curl -sS -o /dev/null -w '%{http_code}\n' -X POST -H 'content-type: application/json' \
+            -H "authorization: Bearer caller-$i" -H "idempotency-key: k-$i" -d '{"text":"x"}' \
+            "http://127.0.0.1:$gp/jobs" || echo 000
+    done)"
     n502="$(grep -c '^502$' <<<"$out" || true)"
     n200="$(grep -c '^200$' <<<"$out" || true)"
     ha="$(hits "$fa" /jobs)"
     hb="$(hits "$fb" /jobs)"
-    step "POST /jobs: never sent twice (A got $ha, B got $hb, 10 requests; $n502 answered 502, not retried)" \
-        bash -c "[[ $((ha + hb)) == 10 && $n502 == $ha && $n200 == $hb && $ha -ge 1 ]]"
+    step "POST /jobs: never sent twice (A got $ha, B got $hb, 16 callers; $n502 answered 502, not retried)" \
+        bash -c "[[ $((ha + hb)) == 16 && $n502 == $ha && $n200 == $hb && $ha -ge 1 ]]"
     out="$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$gp/health")"
     step "GET /health through the gateway: 200 (idempotent, retried)" bash -c "[[ $out == 200 ]]"
+    stop_fakes
+
+    # A caller's job requests all reach one replica (jobs live where they were created).
+    run_fakes ok ok
+    local sticky=0 caller
+    for ((caller = 0; caller < 6; caller++)); do
+        for ((i = 0; i < 4; i++)); do
+            curl -sS -o /dev/null -H "authorization: Bearer caller-$caller" \
+                "http://127.0.0.1:$gp/jobs/job-of-$caller" || true
+        done
+        ha="$(hits "$fa" "/jobs/job-of-$caller")"
+        hb="$(hits "$fb" "/jobs/job-of-$caller")"
+        [[ $((ha + hb)) == 4 && ($ha == 0 || $hb == 0) ]] && sticky=$((sticky + 1))
+    done
+    step "GET /jobs/{id}: each of 6 callers' 4 requests reached one replica ($sticky of 6)" \
+        bash -c "[[ $sticky == 6 ]]"
     stop_fakes
 
     run_fakes drop drop

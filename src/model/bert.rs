@@ -81,9 +81,15 @@ impl Dense {
 
     /// `x @ W + b` over the last dimension of a tensor of any rank.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if x.is_contiguous() && !x.track_op() && x.dtype() == DType::F32 {
-            // Inference: one gemm that accumulates into the broadcast bias (f32 only).
-            return kernels::linear(x, &self.weight_t, &self.bias);
+        if x.dtype() == DType::F32 && !self.weight_t.track_op() {
+            if x.track_op() {
+                // The gradient path: the same gemm, and a backward pass for the input only.
+                return kernels::linear_input_grad(x, &self.weight_t, &self.bias);
+            }
+            if x.is_contiguous() {
+                // Inference: one gemm that accumulates into the broadcast bias (f32 only).
+                return kernels::linear(x, &self.weight_t, &self.bias);
+            }
         }
         self.matmul(x)?.broadcast_add(&self.bias)
     }
@@ -144,7 +150,9 @@ impl Norm {
     }
 
     fn forward(&self, x: &Tensor, differentiable: bool) -> candle_core::Result<Tensor> {
-        if differentiable {
+        if differentiable && x.dtype() == DType::F32 {
+            kernels::layer_norm_input_grad(x, &self.weight, &self.bias, self.eps as f32)
+        } else if differentiable {
             candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
         } else {
             candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
@@ -169,6 +177,10 @@ impl Activation {
     }
     fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            // The gradient path: one op with a closed-form derivative.
+            Activation::GeluErf if x.dtype() == DType::F32 && x.track_op() => {
+                kernels::gelu_erf_input_grad(x)
+            }
             Activation::GeluErf => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
@@ -443,6 +455,13 @@ impl Encoder {
                 let v = qkv.i(2)?.contiguous()?;
                 let mut probs = if fast {
                     kernels::masked_softmax(&q.matmul(&k.t()?)?, &key_bias, scale as f32)?
+                } else if q.dtype() == DType::F32 {
+                    // The gradient path: scale, key bias and softmax in one differentiable op.
+                    kernels::masked_softmax_input_grad(
+                        &q.matmul(&k.t()?)?,
+                        &key_bias,
+                        scale as f32,
+                    )?
                 } else {
                     let scores = (q * scale)?.matmul(&k.t()?)?.broadcast_add(&key_bias4)?; // [B, nh, L, L]
                     candle_nn::ops::softmax(&scores, D::Minus1)?
