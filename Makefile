@@ -13,7 +13,7 @@ ARGS ?=
 
 .PHONY: help model browser test screenshots run openapi bench lint stress clean
 .PHONY: validate-deploy measure-memory
-.PHONY: bench-lime bench-perturb test-slow schemathesis
+.PHONY: bench-lime bench-perturb bench-ig test-slow schemathesis
 
 help:
 	@echo "make model    fetch and verify all-MiniLM-L6-v2 into $(MODEL_DIR) (scripts/fetch-model.sh)"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench    Python baseline forward benchmark (scripts/bench.sh)"
 	@echo "make bench-lime  POST /explain/lime against Python lime, side by side (scripts/bench-lime.sh; ARGS=--quick)"
 	@echo "make bench-perturb  POST /explain/shap against Python shap, and occlusion/counterfactual costs (scripts/bench-perturb.sh; ARGS=--quick)"
+	@echo "make bench-ig    POST /explain/gradients (IG, 50 steps) against Captum, and evaluate's cost (scripts/bench-ig.sh; ARGS=--quick)"
 	@echo "make test-slow   the slow LIME parity tests (release build, --ignored)"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
 	@echo "make stress   load and soak: 2x capacity for 90 s, answers checked, RSS watched (scripts/stress.sh)"
@@ -76,6 +77,10 @@ bench-lime: model
 # occlusion and the flip search at their defaults (a few minutes; ARGS=--quick for one sentence).
 bench-perturb: model
 	scripts/bench-perturb.sh $(ARGS)
+
+# A few minutes: three sentences x 3 alternating repetitions, then evaluate's cost.
+bench-ig: model
+	scripts/bench-ig.sh $(ARGS)
 
 # Statistical parity with Python lime at 5000 samples, three seeds (minutes, release build).
 test-slow: model

@@ -117,21 +117,28 @@ fn main() {
         arg_f64(&args, "--min-iters").unwrap_or(3.0) as usize
     };
 
-    // `--precision bf16`: the AMX bf16 mode (`model.precision`), reported as glassbox-bf16.
-    let precision = match args.iter().position(|a| a == "--precision") {
-        Some(i) if args[i + 1] == "bf16" => Precision::Bf16,
-        Some(i) if args[i + 1] != "f32" => panic!("--precision takes f32 or bf16"),
-        _ => Precision::F32,
-    };
-    let implementation = match precision {
-        Precision::F32 => "glassbox",
-        Precision::Bf16 => "glassbox-bf16",
+    // `--matmul-precision highest|high|medium` (`model.matmul_precision`); the default is the
+    // service's, `high`. Records name the precision in force: `glassbox` for high (what `make
+    // run` ships), `glassbox-highest`, `glassbox-medium`.
+    let precision = match args.iter().position(|a| a == "--matmul-precision") {
+        Some(i) => match args[i + 1].as_str() {
+            "highest" => Precision::Highest,
+            "high" => Precision::High,
+            "medium" => Precision::Medium,
+            other => panic!("--matmul-precision takes highest, high or medium, not {other}"),
+        },
+        None => Precision::High,
     };
     let options = LoadOptions {
         precision,
         ..LoadOptions::default()
     };
     let m = load_model(&model, &ZeroShotConfig::default(), &options).expect("load model");
+    let implementation = match m.precision {
+        Precision::High => "glassbox",
+        Precision::Highest => "glassbox-highest",
+        Precision::Medium => "glassbox-medium",
+    };
     let info = m.info().clone();
     let peak =
         arg_f64(&args, "--peak-gflops").unwrap_or_else(|| if smoke { 1.0 } else { matmul_peak() });

@@ -2,7 +2,8 @@
 # Forward throughput, glassbox against the Python baseline (PyTorch), side by side in one run:
 # for each repetition the Rust benchmark and bench/python/bench_forward.py run back to back on
 # the same grid (batch 1/8/32 x length 16/64/128, 2 threads), then one table with the ratios.
-# On a CPU with AMX bf16 the glassbox side also runs with --precision bf16 (model.precision).
+# glassbox runs at the service's default model.matmul_precision, high; on a CPU with AMX it also
+# runs at highest (f32 products) and medium (bf16) for comparison.
 # The Rust side is the release build that `make run` ships (cargo bench uses the release profile).
 #
 # Usage: scripts/bench.sh [--reps N] [--min-time S]
@@ -40,9 +41,11 @@ for rep in $(seq 1 "$REPS"); do
     echo "== repetition $rep/$REPS: glassbox (Rust, release)" >&2
     cargo bench --bench forward -- --model "$MODEL_DIR" --peak-gflops "$PEAK" "${GRID[@]}" | tee -a "$OUT" >&2
     if grep -qw amx_bf16 /proc/cpuinfo; then
-        echo "== repetition $rep/$REPS: glassbox, model.precision = bf16 (AMX)" >&2
-        cargo bench --bench forward -- --model "$MODEL_DIR" --peak-gflops "$PEAK" --precision bf16 "${GRID[@]}" \
-            | tee -a "$OUT" >&2
+        for precision in highest medium; do
+            echo "== repetition $rep/$REPS: glassbox, matmul_precision $precision" >&2
+            cargo bench --bench forward -- --model "$MODEL_DIR" --peak-gflops "$PEAK" \
+                --matmul-precision "$precision" "${GRID[@]}" | tee -a "$OUT" >&2
+        done
     fi
     echo "== repetition $rep/$REPS: PyTorch baseline" >&2
     "$BASELINE_PY" bench/python/bench_forward.py "$MODEL_DIR" --threads 2 --peak-gflops "$PEAK" "${GRID[@]}" \

@@ -2,7 +2,8 @@
 
 Per (batch, length) and implementation it takes the best median over repetitions, and reports
 sequences/s, GFLOP/s, the fraction of the measured matmul peak, and glassbox / PyTorch; when
-the run includes the bf16 mode (implementation glassbox-bf16), its columns follow.
+the run includes the other matmul precisions (glassbox-highest, glassbox-medium), their
+sequences/s and ratios follow.
 """
 import json
 import sys
@@ -26,11 +27,12 @@ def main(path):
         if impl not in best[key] or r["seqs_per_s"] > best[key][impl]["seqs_per_s"]:
             best[key][impl] = r
     print(f"matmul peak (torch.mm 2048, fp32, 2 threads): {peak:.1f} GFLOP/s\n" if peak else "")
-    bf16 = any("glassbox-bf16" in v for v in best.values())
+    extra = [i for i in ("glassbox-highest", "glassbox-medium") if any(i in v for v in best.values())]
     head = "| batch | length | PyTorch seq/s | glassbox seq/s | ratio | glassbox GFLOP/s | of peak |"
     rule = "|---:|---:|---:|---:|---:|---:|---:|"
-    if bf16:
-        head += " bf16 seq/s | bf16 ratio |"
+    for impl in extra:
+        name = impl.split("-")[1]
+        head += f" {name} seq/s | {name} ratio |"
         rule += "---:|---:|"
     print(head)
     print(rule)
@@ -42,10 +44,10 @@ def main(path):
         line = (f"| {b} | {l} | {py['seqs_per_s']:.1f} | {gb['seqs_per_s']:.1f} | "
                 f"{gb['seqs_per_s'] / py['seqs_per_s']:.2f}x | {gb['achieved_gflops']:.0f} | "
                 f"{gb['efficiency_vs_peak']:.0%} |")
-        if bf16:
-            half = best[(b, l)].get("glassbox-bf16")
-            line += (f" {half['seqs_per_s']:.1f} | {half['seqs_per_s'] / py['seqs_per_s']:.2f}x |"
-                     if half else " - | - |")
+        for impl in extra:
+            other = best[(b, l)].get(impl)
+            line += (f" {other['seqs_per_s']:.1f} | {other['seqs_per_s'] / py['seqs_per_s']:.2f}x |"
+                     if other else " - | - |")
         print(line)
 
 

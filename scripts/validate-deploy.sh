@@ -130,7 +130,7 @@ setup_promtool() {
 
 # nginx_conf DIR GATEWAY_PORT UPSTREAM_PORT...: writes DIR/nginx.conf and DIR/glassbox.conf from
 # docker/nginx/ with only these replacements: in nginx.conf the user, pid and include path, and
-# temporary folders under DIR; in glassbox.conf the two lines marked "validate-deploy:".
+# temporary folders under DIR; in glassbox.conf the lines marked "validate-deploy:".
 nginx_conf() {
     local dir="$1" gport="$2"
     shift 2
@@ -141,11 +141,12 @@ src, dst, gport, user, *ports = sys.argv[1:]
 conf = open(f"{src}/glassbox.conf").read()
 # The upstream line names the compose service; here one line per local replica, with the
 # same parameters (max_fails, fail_timeout, ...).
+# Every upstream block (the general one and the jobs one) has one such line.
 pattern = r"^( *)server glassbox:8080( [^;]*)?;  # validate-deploy: upstream\n"
-m = re.search(pattern, conf, re.M)
-assert m and len(re.findall(pattern, conf, re.M)) == 1, "the upstream line marked validate-deploy is missing"
-servers = "".join(f"{m.group(1)}server 127.0.0.1:{p}{m.group(2) or ''};  # validate-deploy: upstream\n" for p in ports)
-conf = conf[: m.start()] + servers + conf[m.end():]
+def servers(m):
+    return "".join(f"{m.group(1)}server 127.0.0.1:{p}{m.group(2) or ''};  # validate-deploy: upstream\n" for p in ports)
+conf, n = re.subn(pattern, servers, conf, flags=re.M)
+assert n >= 1, "the upstream line marked validate-deploy is missing"
 conf, n = re.subn(r"^( *)listen 8080;  # validate-deploy: listen$", rf"\1listen 127.0.0.1:{gport};  # validate-deploy: listen", conf, flags=re.M)
 assert n == 1, "the listen line marked validate-deploy is missing"
 open(f"{dst}/glassbox.conf", "w").write(conf)
@@ -322,17 +323,39 @@ gateway_fake_checks() {
         stop_fakes
     done
 
+    # Job requests are hashed on the caller (Authorization, address): 16 callers spread over
+    # both replicas (all on one: probability 2^-16).
     run_fakes drop ok
-    out="$(gw_requests "http://127.0.0.1:$gp" POST /jobs 10 'idempotency-key: k-1')"
-    local n502 n200 ha hb
+    local n502 n200 ha hb i out
+    out="$(for ((i = 0; i < 16; i++)); do
+        curl -sS -o /dev/null -w '%{http_code}\n' -X POST -H 'content-type: application/json' \
+            -H "authorization: Bearer caller-$i" -H "idempotency-key: k-$i" -d '{"text":"x"}' \
+            "http://127.0.0.1:$gp/jobs" || echo 000
+    done)"
     n502="$(grep -c '^502$' <<<"$out" || true)"
     n200="$(grep -c '^200$' <<<"$out" || true)"
     ha="$(hits "$fa" /jobs)"
     hb="$(hits "$fb" /jobs)"
-    step "POST /jobs: never sent twice (A got $ha, B got $hb, 10 requests; $n502 answered 502, not retried)" \
-        bash -c "[[ $((ha + hb)) == 10 && $n502 == $ha && $n200 == $hb && $ha -ge 1 ]]"
+    step "POST /jobs: never sent twice (A got $ha, B got $hb, 16 callers; $n502 answered 502, not retried)" \
+        bash -c "[[ $((ha + hb)) == 16 && $n502 == $ha && $n200 == $hb && $ha -ge 1 ]]"
     out="$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$gp/health")"
     step "GET /health through the gateway: 200 (idempotent, retried)" bash -c "[[ $out == 200 ]]"
+    stop_fakes
+
+    # A caller's job requests all reach one replica (jobs live where they were created).
+    run_fakes ok ok
+    local sticky=0 caller
+    for ((caller = 0; caller < 6; caller++)); do
+        for ((i = 0; i < 4; i++)); do
+            curl -sS -o /dev/null -H "authorization: Bearer caller-$caller" \
+                "http://127.0.0.1:$gp/jobs/job-of-$caller" || true
+        done
+        ha="$(hits "$fa" "/jobs/job-of-$caller")"
+        hb="$(hits "$fb" "/jobs/job-of-$caller")"
+        [[ $((ha + hb)) == 4 && ($ha == 0 || $hb == 0) ]] && sticky=$((sticky + 1))
+    done
+    step "GET /jobs/{id}: each of 6 callers' 4 requests reached one replica ($sticky of 6)" \
+        bash -c "[[ $sticky == 6 ]]"
     stop_fakes
 
     run_fakes drop drop

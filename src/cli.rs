@@ -42,9 +42,10 @@ pub struct ConfigArgs {
     /// Threads inside one matrix product, 0 for all cores [model.intra_op_threads].
     #[arg(long, value_name = "N")]
     pub intra_op_threads: Option<usize>,
-    /// f32, or bf16 on Intel AMX tiles (faster, slightly less exact) [model.precision].
-    #[arg(long, value_name = "f32|bf16", value_parser = parse_precision)]
-    pub precision: Option<Precision>,
+    /// highest (f32 products), high (two bf16 terms per f32 on Intel AMX) or medium (bf16)
+    /// [model.matmul_precision].
+    #[arg(long, value_name = "highest|high|medium", value_parser = parse_precision)]
+    pub matmul_precision: Option<Precision>,
     /// Log format [log.format].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -58,7 +59,7 @@ impl ConfigArgs {
         Overrides {
             model: self.model.clone(),
             intra_op_threads: self.intra_op_threads,
-            precision: self.precision,
+            matmul_precision: self.matmul_precision,
             log_format: self.log_format,
             log_level: self.log_level.clone(),
             ..Overrides::default()
@@ -126,8 +127,11 @@ pub struct PredictArgs {
 
 fn parse_precision(value: &str) -> Result<Precision, String> {
     match value {
-        "f32" => Ok(Precision::F32),
-        "bf16" => Ok(Precision::Bf16),
-        other => Err(format!("{other:?} is not a precision: use f32 or bf16")),
+        "highest" => Ok(Precision::Highest),
+        "high" => Ok(Precision::High),
+        "medium" => Ok(Precision::Medium),
+        other => Err(format!(
+            "{other:?} is not a matmul precision: use highest, high or medium"
+        )),
     }
 }

@@ -85,10 +85,11 @@ pub struct ModelConfig {
     /// The zero-shot head for sentence-embedding checkpoints that have no classification head
     /// (ignored for checkpoints that have one).
     pub zero_shot: ZeroShotConfig,
-    /// `f32` (default) or `bf16`: the dense layers of inference in bf16 on Intel AMX tiles,
-    /// faster and slightly less exact (README, Performance); refused at start-up on a CPU
-    /// without AMX bf16. Gradient methods always run in f32.
-    pub precision: Precision,
+    /// How the dense layers of inference multiply f32 matrices, as PyTorch's
+    /// `set_float32_matmul_precision`: `highest` (f32 products), `high` (default: each f32 as
+    /// two bf16 terms on Intel AMX tiles) or `medium` (bf16). Without AMX, `high` and
+    /// `medium` run as `highest`. Gradient methods always use f32 products.
+    pub matmul_precision: Precision,
 }
 
 impl Default for ModelConfig {
@@ -97,7 +98,7 @@ impl Default for ModelConfig {
             source: "models/all-MiniLM-L6-v2".into(),
             intra_op_threads: 0,
             zero_shot: ZeroShotConfig::default(),
-            precision: Precision::F32,
+            matmul_precision: Precision::High,
         }
     }
 }
@@ -263,7 +264,7 @@ pub struct Overrides {
     pub cache_rows: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub intra_op_threads: Option<usize>,
-    pub precision: Option<Precision>,
+    pub matmul_precision: Option<Precision>,
 }
 
 impl Overrides {
@@ -285,7 +286,12 @@ impl Overrides {
             "intra_op_threads",
             &self.intra_op_threads,
         );
-        put(&mut doc, "model", "precision", &self.precision);
+        put(
+            &mut doc,
+            "model",
+            "matmul_precision",
+            &self.matmul_precision,
+        );
         put(&mut doc, "log", "format", &self.log_format);
         put(&mut doc, "log", "level", &self.log_level);
         put(&mut doc, "engine", "workers", &self.workers);

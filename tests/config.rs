@@ -240,32 +240,29 @@ fn command_line_flags_become_overrides() {
 }
 
 #[test]
-fn precision_comes_from_environment_or_flag_and_bad_values_are_refused() {
+fn matmul_precision_comes_from_environment_or_flag_and_bad_values_are_refused() {
     use glassbox::model::loader::Precision;
     let _lock = env_lock();
-    assert_eq!(
-        Config::load(None, &Overrides::default()).unwrap().model.precision,
-        Precision::F32,
-        "f32 unless asked"
-    );
+    let defaults = Config::load(None, &Overrides::default()).unwrap();
+    assert_eq!(defaults.model.matmul_precision, Precision::High);
     {
-        let _env = EnvVars::set(&[("GLASSBOX_MODEL__PRECISION", "bf16")]);
+        let _env = EnvVars::set(&[("GLASSBOX_MODEL__MATMUL_PRECISION", "medium")]);
         let config = Config::load(None, &Overrides::default()).unwrap();
-        assert_eq!(config.model.precision, Precision::Bf16);
+        assert_eq!(config.model.matmul_precision, Precision::Medium);
     }
     {
-        let _env = EnvVars::set(&[("GLASSBOX_MODEL__PRECISION", "fp8")]);
+        let _env = EnvVars::set(&[("GLASSBOX_MODEL__MATMUL_PRECISION", "fp8")]);
         assert!(Config::load(None, &Overrides::default()).is_err());
     }
-    let cli = Cli::try_parse_from(["glassbox", "serve", "--precision", "bf16"]).unwrap();
+    let cli = Cli::try_parse_from(["glassbox", "serve", "--matmul-precision", "highest"]).unwrap();
     let Command::Serve(args) = cli.command else {
         panic!("parsed as serve")
     };
     let config = Config::load(None, &args.overrides()).unwrap();
-    assert_eq!(config.model.precision, Precision::Bf16);
-    let error = Cli::try_parse_from(["glassbox", "serve", "--precision", "f16"])
-        .err()
-        .expect("f16 is not a precision")
-        .to_string();
-    assert!(error.contains("use f32 or bf16"), "{error}");
+    assert_eq!(config.model.matmul_precision, Precision::Highest);
+    let Err(error) = Cli::try_parse_from(["glassbox", "serve", "--matmul-precision", "f16"]) else {
+        panic!("f16 is not a matmul precision")
+    };
+    let error = error.to_string();
+    assert!(error.contains("use highest, high or medium"), "{error}");
 }

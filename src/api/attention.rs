@@ -15,14 +15,18 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
+use super::evaluate;
 use super::explain::{resolve_targets, ExplainBase, ExplainCommon, Explained};
 use super::extract::ApiJson;
 use super::scope::RequestScope;
 use super::AppState;
 use crate::explain::attention::{
-    attention_rows, axis, compute, Aggregation, AttentionError, AttentionParams, AttentionResult,
-    AttentionSelection, Pooling,
+    attention_rows, axis, compute, rollout_attribution, Aggregation, AttentionError,
+    AttentionParams, AttentionResult, AttentionSelection, Pooling,
 };
+use crate::explain::faithfulness::Faithfulness;
+use crate::explain::features::{split_words, Feature, FeatureSet, Removal};
+use crate::explain::gradients::per_feature;
 
 /// The common explanation fields plus the attention parameters, in one flat object.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -36,6 +40,13 @@ pub struct AttentionRequest {
     pub common: ExplainCommon,
     #[serde(flatten)]
     pub params: AttentionParams,
+    /// Add ERASER faithfulness scores (`faithfulness`) of attention rollout's pooled row (the
+    /// row the classifier head reads; METHODS.md), summed over each word occurrence's tokens,
+    /// whatever `aggregation` returns: words are removed from the text (`remove`) and the
+    /// unmasked model is scored, so it cannot be combined with `mask`. Up to 10 extra model
+    /// rows per target.
+    #[serde(default)]
+    pub evaluate: bool,
     /// Whatever the two parts above did not take: a misspelt parameter is refused (400)
     /// rather than silently replaced by its default.
     #[serde(flatten)]
@@ -52,6 +63,15 @@ pub struct AttentionResponse {
     pub attention: AttentionResult,
     /// The parameters used, defaults filled in.
     pub params: AttentionSelection,
+    /// With `evaluate = true`: the word occurrences rollout's attribution was summed over
+    /// (`faithfulness` ranks these).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<Feature>>,
+    /// With `evaluate = true`: per target label (in the order of `targets`), ERASER
+    /// comprehensiveness and sufficiency of rollout's pooled row at 1, 5, 10, 20 and 50% of
+    /// the words and their AOPC. Absent without `evaluate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faithfulness: Option<Vec<Faithfulness>>,
 }
 
 /// Attention matrices: selected layers and heads, aggregated over heads (`none`, `mean`,
@@ -64,6 +84,13 @@ pub struct AttentionResponse {
 /// their own entries. Numbers are rounded to `precision` decimals, and a request whose answer
 /// would hold more than `limits.max_attention_values` numbers is refused before any model
 /// work (the default, every layer with heads averaged, fits a 512-token text).
+///
+/// With `evaluate = true`, `faithfulness` scores attention rollout's pooled row (the row the
+/// classifier head reads: `[CLS]`, or the mean row for mean-pooling heads), summed over each
+/// word occurrence's tokens (`features`), whatever `aggregation` returns, with ERASER
+/// comprehensiveness and sufficiency at 1, 5, 10, 20 and 50% of the words and their AOPC
+/// (words removed from the text): up to 10 extra model rows per target. Without it nothing
+/// extra is computed.
 #[utoipa::path(
     post,
     path = "/explain/attention",
@@ -109,8 +136,9 @@ pub struct AttentionResponse {
         (status = 422, description = "`validation_error` naming the field: empty text, text \
             too long without `truncate`, unknown `target`, a layer or head that does not exist \
             (`layers`, `heads`, `mask`), an unknown `aggregation` or `granularity`, `precision` \
-            out of 0..8, `layers`/`heads` with `rollout`, or an answer larger than \
-            `limits.max_attention_values` (the message says how to narrow it)", body = ErrorBody,
+            out of 0..8, `layers`/`heads` with `rollout`, an answer larger than \
+            `limits.max_attention_values` (the message says how to narrow it), or `evaluate` \
+            with `mask` or on a text without words", body = ErrorBody,
             example = json!({"error": {"code": "validation_error", "message":
                 "this request would return 18874368 attention values (512 x 512 per matrix), over the limit of 2000000 (limits.max_attention_values); narrow it with fewer \"layers\" (e.g. [0, 5]), or fewer \"heads\", or \"aggregation\": \"mean\", or \"granularity\": \"words\", or a shorter text",
                 "details": {"field": "aggregation"}}})),
@@ -136,8 +164,27 @@ pub async fn explain_attention(
     ApiJson(request): ApiJson<AttentionRequest>,
 ) -> Result<Response, ApiError> {
     reject_unknown(&request.unknown)?;
-    let AttentionRequest { common, params, .. } = request;
+    let AttentionRequest {
+        common,
+        params,
+        evaluate,
+        ..
+    } = request;
     let selection = params.resolve(&state.model).map_err(attention_error)?;
+    if evaluate && !selection.mask.is_empty() {
+        return Err(ApiError::validation(
+            "evaluate",
+            "evaluate scores rollout of the unmasked model, so it cannot be combined with \
+             \"mask\"; drop one of them",
+        ));
+    }
+    if evaluate && !common.text.trim().is_empty() && split_words(&common.text).is_empty() {
+        return Err(ApiError::validation(
+            "evaluate",
+            "the text has no words (runs of letters, digits or _) to remove, so faithfulness \
+             is undefined; drop \"evaluate\"",
+        ));
+    }
 
     let scope = RequestScope::begin(&state)?;
     let encoding = scope.encode("text", &common.text, common.truncate)?;
@@ -176,14 +223,43 @@ pub async fn explain_attention(
 
     let pooling = Pooling::of(&state.model);
     let used = selection.clone();
-    let attention =
-        tokio::task::spawn_blocking(move || compute(&attentions, &used, &entries, pooling))
-            .await
-            .map_err(|e| ApiError::Internal(format!("the attention task failed: {e}")))?;
+    let (attention, attentions) = tokio::task::spawn_blocking(move || {
+        let result = compute(&attentions, &used, &entries, pooling);
+        (result, attentions)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the attention task failed: {e}")))?;
+    let (features, faithfulness) = if evaluate {
+        let words = FeatureSet::words(&common.text, &explained.encoding, false);
+        let rollout: Vec<f64> = rollout_attribution(&attentions, pooling)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let scores = per_feature(&words, &rollout);
+        let attributions: Vec<(usize, Vec<f64>)> = explained
+            .targets
+            .iter()
+            .map(|&t| (t, scores.clone()))
+            .collect();
+        let faithfulness = evaluate::score(
+            &words,
+            &state.encoder,
+            Removal::Remove,
+            common.truncate,
+            &attributions,
+            &explained.scope,
+        )
+        .await?;
+        (Some(words.features().to_vec()), Some(faithfulness))
+    } else {
+        (None, None)
+    };
     let body = AttentionResponse {
         base: explained.base(),
         attention,
         params: selection,
+        features,
+        faithfulness,
     };
     Ok(explained.respond(&body))
 }
@@ -198,7 +274,7 @@ fn reject_unknown(unknown: &BTreeMap<String, Value>) -> Result<(), ApiError> {
         Some(field) => Err(ApiError::InvalidJson(format!(
             "the body does not have the expected shape: unknown field `{field}`; \
              POST /explain/attention takes text, target, top_labels, truncate, layers, heads, \
-             aggregation, granularity, precision, mask"
+             aggregation, granularity, precision, mask, evaluate"
         ))),
     }
 }

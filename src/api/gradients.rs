@@ -16,12 +16,13 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
+use super::evaluate;
 use super::explain::{ExplainBase, ExplainCommon, Explained};
 use super::extract::ApiJson;
 use super::scope::{row_of, RequestScope};
 use super::AppState;
-use crate::explain::faithfulness::{faithfulness, Faithfulness, FaithfulnessError};
-use crate::explain::features::{Feature, FeatureError, FeatureSet, Removal};
+use crate::explain::faithfulness::Faithfulness;
+use crate::explain::features::{Feature, FeatureSet, Removal};
 use crate::explain::gradients::{
     per_feature, token_attributions, GradientError, GradientEvaluator, GradientMethod,
     GradientParams, IgSummary, Quadrature,
@@ -246,26 +247,20 @@ pub async fn explain_gradients_route(
     };
     let mut faith: Vec<Option<Faithfulness>> = vec![None; attributions.len()];
     if let (true, Some(w)) = (request.evaluate, &words) {
-        let perturber = w
-            .perturber(&state.encoder, request.mask, request.common.truncate)
-            .map_err(feature_error)?;
         let pairs: Vec<(usize, Vec<f64>)> = attributions
             .iter()
             .map(|a| a.target)
             .zip(word_scores.iter().cloned())
             .collect();
-        let scores = faithfulness(&perturber, &pairs, &explained.scope)
-            .await
-            .map_err(|e| match e {
-                FaithfulnessError::NoFeatures => ApiError::validation(
-                    "evaluate",
-                    "the text has no words (runs of letters, digits or _) to remove, so \
-                     faithfulness is undefined; drop \"evaluate\"",
-                ),
-                FaithfulnessError::Eval(e) => e,
-                FaithfulnessError::Feature(e) => feature_error(e),
-                other => ApiError::Internal(other.to_string()),
-            })?;
+        let scores = evaluate::score(
+            w,
+            &state.encoder,
+            request.mask,
+            request.common.truncate,
+            &pairs,
+            &explained.scope,
+        )
+        .await?;
         faith = scores.into_iter().map(Some).collect();
     }
 
@@ -297,13 +292,4 @@ pub async fn explain_gradients_route(
         explanations,
     };
     Ok(explained.respond(&body))
-}
-
-fn feature_error(e: FeatureError) -> ApiError {
-    match e {
-        FeatureError::NoMaskToken | FeatureError::NoUnkToken => {
-            ApiError::validation("mask", e.to_string())
-        }
-        other => ApiError::Internal(other.to_string()),
-    }
 }

@@ -38,7 +38,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
 use super::scope::RunContext;
 use super::{
-    attention, counterfactual, gradients, heads, lime, occlusion, predict, shap, AppState,
+    attention, compare, counterfactual, gradients, heads, lime, occlusion, predict, shap, AppState,
 };
 use crate::engine::RowCounts;
 use crate::jobs::{Admission, AdmitError, Job, JobState, Outcome, Status};
@@ -77,6 +77,7 @@ pub static METHODS: &[JobMethod] = &[
     job_method!("heads", "/explain/heads", heads::explain_heads_route),
     job_method!("attention", "/explain/attention", attention::explain_attention),
     job_method!("gradients", "/explain/gradients", gradients::explain_gradients_route),
+    job_method!("compare", "/explain/compare", compare::explain_compare_route),
 ];
 
 fn method_named(name: &str) -> Result<&'static JobMethod, ApiError> {
@@ -98,8 +99,8 @@ fn method_named(name: &str) -> Result<&'static JobMethod, ApiError> {
 #[schema(example = json!({"method": "lime", "request": {"text": "The plot was thin but the \
     acting was wonderful.", "num_samples": 5000, "seed": 7}}))]
 pub struct JobRequest {
-    /// `predict`, `lime`, `shap`, `occlusion`, `counterfactual`, `heads`, `attention` or
-    /// `gradients`: the route `POST /predict` or `POST /explain/{method}`.
+    /// `predict`, `lime`, `shap`, `occlusion`, `counterfactual`, `heads`, `attention`,
+    /// `gradients` or `compare`: the route `POST /predict` or `POST /explain/{method}`.
     pub method: String,
     /// The body the synchronous route takes, as is. It is validated when the job runs: a bad
     /// body makes the job `failed` with the route's own error (status and body).

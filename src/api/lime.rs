@@ -16,10 +16,13 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
+use super::evaluate;
 use super::explain::{ExplainBase, ExplainCommon, Explained};
 use super::extract::ApiJson;
 use super::perturbation::{off_runtime, parse_request};
 use super::AppState;
+use crate::explain::compare::lime_scores;
+use crate::explain::faithfulness::Faithfulness;
 use crate::explain::features::{split_words, Feature, FeatureError, FeatureKind};
 use crate::explain::lime::{explain_lime, LimeError, LimeExplanation, LimeParams};
 use crate::model::tokenizer::TokenizeError;
@@ -39,6 +42,10 @@ pub struct LimeRequest {
     pub common: ExplainCommon,
     #[serde(flatten)]
     pub params: LimeParams,
+    /// Add ERASER faithfulness scores of each target's attribution (`faithfulness`), the
+    /// features removed with this request's `mask`: up to 10 extra model rows per target.
+    #[serde(default)]
+    pub evaluate: bool,
     /// Whatever the two parts above did not take: a misspelt parameter is refused rather than
     /// silently replaced by its default.
     #[serde(flatten)]
@@ -57,6 +64,11 @@ pub struct LimeResponse {
     pub features: Vec<Feature>,
     #[serde(flatten)]
     pub explanation: LimeExplanation,
+    /// With `evaluate = true`: per target label (in the order of `targets`), ERASER
+    /// comprehensiveness and sufficiency of its attribution at 1, 5, 10, 20 and 50% of the
+    /// features and their AOPC. Absent without `evaluate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faithfulness: Option<Vec<Faithfulness>>,
 }
 
 /// Explain a prediction with LIME: perturb the text by removing words, fit a weighted linear
@@ -66,6 +78,11 @@ pub struct LimeResponse {
 /// is doing and whether the row cache is on or off; without a `seed` one is drawn and echoed
 /// in `params.seed`. Repeated perturbations are evaluated once (`distinct_rows`), and rows
 /// seen recently by any request are answered from the row cache (`usage.cache_hits`).
+///
+/// With `evaluate = true`, `faithfulness` scores each target's weights (a word the surrogate
+/// did not keep scores 0) with ERASER comprehensiveness and sufficiency at 1, 5, 10, 20 and
+/// 50% of the features and their AOPC, removing the top-ranked features with the request's
+/// `mask`: up to 10 extra model rows per target. Without it nothing extra is computed.
 #[utoipa::path(
     post,
     path = "/explain/lime",
@@ -109,7 +126,8 @@ pub struct LimeResponse {
         (status = 422, description = "`validation_error` naming the field: empty text or a text \
             without words, text too long without `truncate`, unknown `target`, `num_samples` \
             over `limits.max_num_samples`, a parameter out of range, an unknown \
-            `feature_selection`, `mask` or `features`", body = ErrorBody,
+            `feature_selection`, `mask` or `features`, `evaluate` on a text whose perturbed \
+            form grows too long", body = ErrorBody,
             example = json!({"error": {"code": "validation_error", "message":
                 "num_samples must be between 2 and 20000 (got 50000)",
                 "details": {"field": "num_samples"}}})),
@@ -138,10 +156,16 @@ pub async fn explain_lime_route(
         body,
         "/explain/lime",
         "text, target, top_labels, truncate, num_samples, tolerance, num_features, \
-         kernel_width, feature_selection, bow, mask, features, seed, confidence_intervals",
+         kernel_width, feature_selection, bow, mask, features, seed, confidence_intervals, \
+         evaluate",
         |r: &LimeRequest| r.unknown.keys().next().cloned(),
     )?;
-    let LimeRequest { common, params, .. } = request;
+    let LimeRequest {
+        common,
+        params,
+        evaluate,
+        ..
+    } = request;
     let max_num_samples = state.limits.max_num_samples;
     params.validate(max_num_samples).map_err(lime_error)?;
     // `explain_lime` refuses a text without words as well; checked here so that it costs no
@@ -162,24 +186,50 @@ pub async fn explain_lime_route(
     let encoder = state.encoder.clone();
     let truncate = common.truncate;
     let (explained, features, result) = off_runtime(async move {
-        let result = explain_lime(
-            &features,
-            &encoder,
-            truncate,
-            &params,
-            max_num_samples,
-            &explained.targets,
-            &explained.scope,
-        )
+        let result = async {
+            let explanation = explain_lime(
+                &features,
+                &encoder,
+                truncate,
+                &params,
+                max_num_samples,
+                &explained.targets,
+                &explained.scope,
+            )
+            .await
+            .map_err(lime_error)?;
+            let faithfulness = if evaluate {
+                let attributions: Vec<(usize, Vec<f64>)> = explanation
+                    .labels
+                    .iter()
+                    .map(|l| (l.label, lime_scores(l, features.len())))
+                    .collect();
+                Some(
+                    evaluate::score(
+                        &features,
+                        &encoder,
+                        params.mask,
+                        truncate,
+                        &attributions,
+                        &explained.scope,
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
+            Ok::<_, ApiError>((explanation, faithfulness))
+        }
         .await;
         (explained, features, result)
     })
     .await?;
-    let explanation = result.map_err(lime_error)?;
+    let (explanation, faithfulness) = result?;
     let body = LimeResponse {
         base: explained.base(),
         features: features.features().to_vec(),
         explanation,
+        faithfulness,
     };
     Ok(explained.respond(&body))
 }

@@ -6,9 +6,11 @@
 
 pub mod attention;
 pub mod auth;
+pub mod compare;
 pub mod counterfactual;
 pub mod dto;
 pub mod error;
+pub mod evaluate;
 pub mod explain;
 pub mod extract;
 pub mod gradients;
@@ -147,6 +149,7 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs", post(jobs::create_job))
         .route("/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
         .route("/jobs/{id}/events", get(jobs::job_events))
+        .route("/explain/compare", post(compare::explain_compare_route))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/info", get(ops::info))

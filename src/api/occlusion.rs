@@ -12,10 +12,13 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
+use super::evaluate;
 use super::explain::{ExplainBase, ExplainCommon, Explained};
 use super::extract::ApiJson;
 use super::perturbation::{example_with, off_runtime, parse_request, perturb_error, require_words};
 use super::AppState;
+use crate::explain::compare::occlusion_scores;
+use crate::explain::faithfulness::Faithfulness;
 use crate::explain::features::Feature;
 use crate::explain::occlusion::{explain_occlusion, OcclusionExplanation, OcclusionParams};
 
@@ -32,6 +35,10 @@ pub struct OcclusionRequest {
     pub common: ExplainCommon,
     #[serde(flatten)]
     pub params: OcclusionParams,
+    /// Add ERASER faithfulness scores of each target's attribution (`faithfulness`), the
+    /// features removed with this request's `mask`: up to 10 extra model rows per target.
+    #[serde(default)]
+    pub evaluate: bool,
     /// Whatever the two parts above did not take: refused rather than ignored.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -48,6 +55,11 @@ pub struct OcclusionResponse {
     pub features: Vec<Feature>,
     #[serde(flatten)]
     pub explanation: OcclusionExplanation,
+    /// With `evaluate = true`: per target label (in the order of `targets`), ERASER
+    /// comprehensiveness and sufficiency of its attribution at 1, 5, 10, 20 and 50% of the
+    /// features and their AOPC. Absent without `evaluate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faithfulness: Option<Vec<Faithfulness>>,
 }
 
 /// Remove each word (or each window of consecutive words) and report how the prediction
@@ -56,6 +68,11 @@ pub struct OcclusionResponse {
 /// Per removal: the edited text (with `mask = "remove"`), every label's probability, the
 /// drop `f_j(x) - f_j(x')` of each target label, the new predicted label and whether it
 /// flipped. Deterministic: no seed.
+///
+/// With `evaluate = true` (leave-one-out only), `faithfulness` scores each target's drops as
+/// an attribution with ERASER comprehensiveness and sufficiency at 1, 5, 10, 20 and 50% of
+/// the features and their AOPC, removing the top-ranked features with the request's `mask`:
+/// up to 10 extra model rows per target. Without it nothing extra is computed.
 #[utoipa::path(
     post,
     path = "/explain/occlusion",
@@ -95,7 +112,7 @@ pub struct OcclusionResponse {
             without words, text too long without `truncate`, unknown `target`, `window` or \
             `stride` of 0, `stride` without `window`, more removals than \
             `limits.max_num_samples`, an unknown `mask` or `features`, a `mask` the tokenizer \
-            cannot do", body = ErrorBody,
+            cannot do, `evaluate` with `window`", body = ErrorBody,
             example = json!({"error": {"code": "validation_error", "message":
                 "window must be at least 1 (got 0)", "details": {"field": "window"}}})),
         (status = 500, description = "`internal`: a bug, logged with the request id",
@@ -122,11 +139,25 @@ pub async fn explain_occlusion_route(
     let request: OcclusionRequest = parse_request(
         body,
         "/explain/occlusion",
-        "text, target, top_labels, truncate, window, stride, bow, mask, features",
+        "text, target, top_labels, truncate, window, stride, bow, mask, features, \
+         evaluate",
         |r: &OcclusionRequest| r.unknown.keys().next().cloned(),
     )?;
-    let OcclusionRequest { common, params, .. } = request;
+    let OcclusionRequest {
+        common,
+        params,
+        evaluate,
+        ..
+    } = request;
     params.validate().map_err(perturb_error)?;
+    if evaluate && params.window.is_some() {
+        return Err(ApiError::validation(
+            "evaluate",
+            "evaluate scores one attribution per feature, which only leave-one-out gives; \
+             drop \"window\" (sliding windows) or \"evaluate\"",
+        ));
+    }
+    let mask = params.mask;
     require_words(&common.text, params.features, "there is nothing to occlude")?;
 
     let explained = Explained::begin(&state, &common).await?;
@@ -135,24 +166,55 @@ pub async fn explain_occlusion_route(
     let truncate = common.truncate;
     let max = state.limits.max_num_samples;
     let (explained, features, result) = off_runtime(async move {
-        let result = explain_occlusion(
-            &features,
-            &encoder,
-            truncate,
-            &params,
-            max,
-            &explained.targets,
-            &explained.scope,
-        )
+        let result = async {
+            let explanation = explain_occlusion(
+                &features,
+                &encoder,
+                truncate,
+                &params,
+                max,
+                &explained.targets,
+                &explained.scope,
+            )
+            .await
+            .map_err(perturb_error)?;
+            let faithfulness = if evaluate {
+                let d = features.len();
+                let attributions = explained
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &t)| occlusion_scores(&explanation, i, d).map(|s| (t, s)))
+                    .collect::<Option<Vec<(usize, Vec<f64>)>>>()
+                    .ok_or_else(|| {
+                        ApiError::Internal("leave-one-out gave no score per feature".into())
+                    })?;
+                Some(
+                    evaluate::score(
+                        &features,
+                        &encoder,
+                        mask,
+                        truncate,
+                        &attributions,
+                        &explained.scope,
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
+            Ok::<_, ApiError>((explanation, faithfulness))
+        }
         .await;
         (explained, features, result)
     })
     .await?;
-    let explanation = result.map_err(perturb_error)?;
+    let (explanation, faithfulness) = result?;
     let body = OcclusionResponse {
         base: explained.base(),
         features: features.features().to_vec(),
         explanation,
+        faithfulness,
     };
     Ok(explained.respond(&body))
 }

@@ -28,6 +28,7 @@ use super::{dto, error, ops, predict};
         crate::api::jobs::get_job,
         crate::api::jobs::delete_job,
         crate::api::jobs::job_events,
+        crate::api::compare::explain_compare_route,
     ),
     components(schemas(
         error::ErrorBody,
@@ -54,6 +55,8 @@ use super::{dto, error, ops, predict};
         crate::api::jobs::JobView,
         crate::api::jobs::JobProgress,
         crate::jobs::JobState,
+        crate::api::compare::CompareRequest,
+        crate::api::compare::CompareResponse,
     )),
     tags(
         (name = "predict", description = "Classification"),

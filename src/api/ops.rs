@@ -63,9 +63,9 @@ pub struct ModelDescription {
     pub hidden_size: usize,
     /// The model's own maximum input length in tokens.
     pub max_len: usize,
-    /// How inference multiplies the dense layers: `f32`, or `bf16` on AMX tiles
-    /// (`model.precision`); gradient methods always run in f32.
-    pub precision: Precision,
+    /// How inference multiplies the dense layers, in force (`model.matmul_precision`:
+    /// `highest`, `high` or `medium`; gradient methods always use f32 products).
+    pub matmul_precision: Precision,
 }
 
 /// The limits in force (every one configurable).
@@ -131,7 +131,7 @@ pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
             num_heads: model.num_heads,
             hidden_size: model.hidden_size,
             max_len: model.max_len,
-            precision: config.model.precision,
+            matmul_precision: config.model.matmul_precision,
         },
         limits: Limits {
             max_input_tokens: state.limits.max_input_tokens,

@@ -12,10 +12,13 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
+use super::evaluate;
 use super::explain::{ExplainBase, ExplainCommon, Explained};
 use super::extract::ApiJson;
 use super::perturbation::{example_with, off_runtime, parse_request, perturb_error, require_words};
 use super::AppState;
+use crate::explain::compare::shap_scores;
+use crate::explain::faithfulness::Faithfulness;
 use crate::explain::features::Feature;
 use crate::explain::shap::{explain_shap, ShapExplanation, ShapParams};
 
@@ -32,6 +35,10 @@ pub struct ShapRequest {
     pub common: ExplainCommon,
     #[serde(flatten)]
     pub params: ShapParams,
+    /// Add ERASER faithfulness scores of each target's attribution (`faithfulness`), the
+    /// features removed with this request's `mask`: up to 10 extra model rows per target.
+    #[serde(default)]
+    pub evaluate: bool,
     /// Whatever the two parts above did not take: refused rather than ignored.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -49,6 +56,11 @@ pub struct ShapResponse {
     pub features: Vec<Feature>,
     #[serde(flatten)]
     pub explanation: ShapExplanation,
+    /// With `evaluate = true`: per target label (in the order of `targets`), ERASER
+    /// comprehensiveness and sufficiency of its attribution at 1, 5, 10, 20 and 50% of the
+    /// features and their AOPC. Absent without `evaluate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faithfulness: Option<Vec<Faithfulness>>,
 }
 
 /// Explain a prediction with Kernel SHAP: each feature's Shapley value for the target
@@ -58,6 +70,11 @@ pub struct ShapResponse {
 /// 2048: up to 11 features); above, `shap`'s KernelExplainer scheme: the smallest and
 /// largest coalition sizes enumerated, the rest sampled in complementary pairs, reproducible
 /// from `seed` (drawn and echoed in `params.seed` when absent).
+///
+/// With `evaluate = true`, `faithfulness` scores each target's values with ERASER
+/// comprehensiveness and sufficiency at 1, 5, 10, 20 and 50% of the features and their AOPC,
+/// removing the top-ranked features with the request's `mask`: up to 10 extra model rows per
+/// target (most are coalitions already evaluated). Without it nothing extra is computed.
 #[utoipa::path(
     post,
     path = "/explain/shap",
@@ -127,10 +144,16 @@ pub async fn explain_shap_route(
     let request: ShapRequest = parse_request(
         body,
         "/explain/shap",
-        "text, target, top_labels, truncate, max_evals, seed, bow, mask, features",
+        "text, target, top_labels, truncate, max_evals, seed, bow, mask, features, evaluate",
         |r: &ShapRequest| r.unknown.keys().next().cloned(),
     )?;
-    let ShapRequest { common, params, .. } = request;
+    let ShapRequest {
+        common,
+        params,
+        evaluate,
+        ..
+    } = request;
+    let mask = params.mask;
     let max = state.limits.max_num_samples;
     params.validate(max).map_err(perturb_error)?;
     require_words(
@@ -144,24 +167,50 @@ pub async fn explain_shap_route(
     let encoder = state.encoder.clone();
     let truncate = common.truncate;
     let (explained, features, result) = off_runtime(async move {
-        let result = explain_shap(
-            &features,
-            &encoder,
-            truncate,
-            &params,
-            max,
-            &explained.targets,
-            &explained.scope,
-        )
+        let result = async {
+            let explanation = explain_shap(
+                &features,
+                &encoder,
+                truncate,
+                &params,
+                max,
+                &explained.targets,
+                &explained.scope,
+            )
+            .await
+            .map_err(perturb_error)?;
+            let faithfulness = if evaluate {
+                let attributions: Vec<(usize, Vec<f64>)> = explanation
+                    .labels
+                    .iter()
+                    .map(|l| (l.label, shap_scores(l, features.len())))
+                    .collect();
+                Some(
+                    evaluate::score(
+                        &features,
+                        &encoder,
+                        mask,
+                        truncate,
+                        &attributions,
+                        &explained.scope,
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
+            Ok::<_, ApiError>((explanation, faithfulness))
+        }
         .await;
         (explained, features, result)
     })
     .await?;
-    let explanation = result.map_err(perturb_error)?;
+    let (explanation, faithfulness) = result?;
     let body = ShapResponse {
         base: explained.base(),
         features: features.features().to_vec(),
         explanation,
+        faithfulness,
     };
     Ok(explained.respond(&body))
 }

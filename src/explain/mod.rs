@@ -6,6 +6,7 @@
 //! [`DirectEvaluator`] over a toy linear classifier with known answers.
 
 pub mod attention;
+pub mod compare;
 pub mod counterfactual;
 pub mod faithfulness;
 pub mod features;

@@ -16,7 +16,7 @@ use candle_nn::VarBuilder;
 
 use std::sync::Arc;
 
-use super::amx::{self, PackedBf16};
+use super::amx::{self, PackedBf16, Planes};
 use super::config::{Architecture, EncoderConfig};
 use super::kernels;
 
@@ -28,7 +28,7 @@ const MASK_BIAS: f64 = -1e4;
 pub struct Dense {
     weight_t: Tensor,
     bias: Tensor,
-    /// The same weight packed for the AMX kernel when the model runs in bf16.
+    /// The same weight packed for the AMX kernel ([`Encoder::use_amx`]).
     bf16: Option<Arc<PackedBf16>>,
 }
 
@@ -54,16 +54,16 @@ impl Dense {
         })
     }
 
-    /// Packs the weight for the bf16 AMX kernel, which inference calls then use.
-    fn pack_bf16(&mut self) -> candle_core::Result<()> {
+    /// Packs the weight for the AMX kernel, which inference calls then use.
+    fn pack_bf16(&mut self, planes: Planes) -> candle_core::Result<()> {
         let (k, m) = self.weight_t.dims2()?;
         let w = self.weight_t.flatten_all()?.to_vec1::<f32>()?;
         let b = self.bias.to_vec1::<f32>()?;
-        self.bf16 = Some(Arc::new(PackedBf16::pack(&w, k, m, &b)));
+        self.bf16 = Some(Arc::new(PackedBf16::pack(&w, k, m, &b, planes)));
         Ok(())
     }
 
-    /// [`Dense::forward`], through the bf16 kernel when packed and `fast` (no gradients).
+    /// [`Dense::forward`], through the AMX kernel when packed and `fast` (no gradients).
     fn forward_fast(&self, x: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
         match &self.bf16 {
             Some(packed) if fast && x.dtype() == DType::F32 => amx::linear(x, packed, true),
@@ -71,7 +71,7 @@ impl Dense {
         }
     }
 
-    /// [`Dense::matmul`], through the bf16 kernel when packed and `fast` (no gradients).
+    /// [`Dense::matmul`], through the AMX kernel when packed and `fast` (no gradients).
     fn matmul_fast(&self, x: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
         match &self.bf16 {
             Some(packed) if fast && x.dtype() == DType::F32 => amx::linear(x, packed, false),
@@ -81,9 +81,15 @@ impl Dense {
 
     /// `x @ W + b` over the last dimension of a tensor of any rank.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if x.is_contiguous() && !x.track_op() && x.dtype() == DType::F32 {
-            // Inference: one gemm that accumulates into the broadcast bias (f32 only).
-            return kernels::linear(x, &self.weight_t, &self.bias);
+        if x.dtype() == DType::F32 && !self.weight_t.track_op() {
+            if x.track_op() {
+                // The gradient path: the same gemm, and a backward pass for the input only.
+                return kernels::linear_input_grad(x, &self.weight_t, &self.bias);
+            }
+            if x.is_contiguous() {
+                // Inference: one gemm that accumulates into the broadcast bias (f32 only).
+                return kernels::linear(x, &self.weight_t, &self.bias);
+            }
         }
         self.matmul(x)?.broadcast_add(&self.bias)
     }
@@ -144,7 +150,9 @@ impl Norm {
     }
 
     fn forward(&self, x: &Tensor, differentiable: bool) -> candle_core::Result<Tensor> {
-        if differentiable {
+        if differentiable && x.dtype() == DType::F32 {
+            kernels::layer_norm_input_grad(x, &self.weight, &self.bias, self.eps as f32)
+        } else if differentiable {
             candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
         } else {
             candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
@@ -169,6 +177,10 @@ impl Activation {
     }
     fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            // The gradient path: one op with a closed-form derivative.
+            Activation::GeluErf if x.dtype() == DType::F32 && x.track_op() => {
+                kernels::gelu_erf_input_grad(x)
+            }
             Activation::GeluErf => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
@@ -266,8 +278,8 @@ pub struct Encoder {
     activation: Activation,
     /// Composite LayerNorm and softmax everywhere, so gradients flow to the input.
     differentiable: bool,
-    /// Dense layers in bf16 on AMX tiles for inference ([`Encoder::use_bf16`]).
-    bf16: bool,
+    /// How inference multiplies the dense layers ([`Encoder::use_amx`]); `None`: f32 gemm.
+    amx_planes: Option<Planes>,
     device: Device,
 }
 
@@ -308,7 +320,7 @@ impl Encoder {
             layers,
             activation: Activation::from_name(&config.hidden_act),
             differentiable,
-            bf16: false,
+            amx_planes: None,
             device: vb.device().clone(),
         })
     }
@@ -317,19 +329,26 @@ impl Encoder {
         &self.device
     }
 
-    /// Switches the encoder's dense layers to bf16 on AMX tiles for inference (the
-    /// differentiable path keeps f32). Errors when the weights are not f32 or the CPU has no
-    /// AMX bf16.
-    pub fn use_bf16(&mut self) -> candle_core::Result<()> {
-        if self.dtype() != DType::F32 {
-            candle_core::bail!("bf16 precision needs f32 weights, not {:?}", self.dtype());
+    /// Runs the dense layers of inference on AMX tiles as products of `planes` bf16 terms
+    /// per f32 value (see [`Planes`]); the differentiable path keeps the f32 weights. Returns
+    /// false, changing nothing, when the CPU has no AMX bf16 or the weights are not f32.
+    pub fn use_amx(&mut self, planes: Planes) -> candle_core::Result<bool> {
+        if !amx::available() || self.dtype() != DType::F32 {
+            return Ok(false);
         }
-        if !amx::available() {
-            candle_core::bail!(
-                "bf16 precision needs a CPU with AMX bf16 (Intel Xeon 4th generation, \"Sapphire \
-                 Rapids\", or newer) and a Linux kernel that grants it; this machine has none: \
-                 use precision \"f32\""
-            );
+        self.pack_amx(planes)?;
+        self.amx_planes = Some(planes);
+        Ok(true)
+    }
+
+    /// The AMX form of the dense layers, if [`Encoder::use_amx`] switched it on.
+    pub fn amx_planes(&self) -> Option<Planes> {
+        self.amx_planes
+    }
+
+    fn pack_amx(&mut self, planes: Planes) -> candle_core::Result<()> {
+        if self.dtype() != DType::F32 {
+            candle_core::bail!("AMX kernels need f32 weights, not {:?}", self.dtype());
         }
         for layer in &mut self.layers {
             for dense in [
@@ -338,16 +357,10 @@ impl Encoder {
                 &mut layer.ffn_in,
                 &mut layer.ffn_out,
             ] {
-                dense.pack_bf16()?;
+                dense.pack_bf16(planes)?;
             }
         }
-        self.bf16 = true;
         Ok(())
-    }
-
-    /// Whether inference runs the dense layers in bf16 ([`Encoder::use_bf16`]).
-    pub fn is_bf16(&self) -> bool {
-        self.bf16
     }
 
     pub fn differentiable(&self) -> bool {
@@ -442,6 +455,13 @@ impl Encoder {
                 let v = qkv.i(2)?.contiguous()?;
                 let mut probs = if fast {
                     kernels::masked_softmax(&q.matmul(&k.t()?)?, &key_bias, scale as f32)?
+                } else if q.dtype() == DType::F32 {
+                    // The gradient path: scale, key bias and softmax in one differentiable op.
+                    kernels::masked_softmax_input_grad(
+                        &q.matmul(&k.t()?)?,
+                        &key_bias,
+                        scale as f32,
+                    )?
                 } else {
                     let scores = (q * scale)?.matmul(&k.t()?)?.broadcast_add(&key_bias4)?; // [B, nh, L, L]
                     candle_nn::ops::softmax(&scores, D::Minus1)?

@@ -15,7 +15,8 @@
 //! (|error| < 1.5e-7); the golden tests hold these paths to 1e-4 like every other.
 
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp2, InplaceOp3, Layout, Result, Shape,
+    Tensor,
 };
 use rayon::prelude::*;
 
@@ -291,6 +292,39 @@ impl CustomOp2 for MaskedSoftmax {
             });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
+    /// The gradient path: `d scores = scale * y * (g - sum(g y))` per row (the key bias is
+    /// not differentiated).
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        _arg2: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let y = values(res)?;
+        let g = values(grad_res)?;
+        let n = arg1.dims().last().copied().unwrap_or(1).max(1);
+        let scale = self.scale;
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(n * 64)
+            .zip(y.par_chunks(n * 64).zip(g.par_chunks(n * 64)))
+            .for_each(|(d, (y, g))| {
+                for ((d, y), g) in d
+                    .chunks_exact_mut(n)
+                    .zip(y.chunks_exact(n))
+                    .zip(g.chunks_exact(n))
+                {
+                    let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+                    for j in 0..n {
+                        d[j] = scale * y[j] * (g[j] - dot);
+                    }
+                }
+            });
+        Ok((
+            Some(Tensor::from_vec(dx, arg1.shape(), arg1.device())?),
+            None,
+        ))
+    }
 }
 
 /// Attention probabilities from raw `q k^T` scores, fused and parallel.
@@ -298,6 +332,14 @@ pub fn masked_softmax(scores: &Tensor, key_bias: &Tensor, scale: f32) -> Result<
     scores
         .contiguous()?
         .apply_op2_no_bwd(&key_bias.contiguous()?, &MaskedSoftmax { scale })
+}
+
+/// [`masked_softmax`] on the gradient path: differentiable in the scores (one op instead of
+/// candle's scale, bias add and softmax composition, each a pass forward and backward).
+pub fn masked_softmax_input_grad(scores: &Tensor, key_bias: &Tensor, scale: f32) -> Result<Tensor> {
+    scores
+        .contiguous()?
+        .apply_op2(&key_bias.contiguous()?, MaskedSoftmax { scale })
 }
 
 /// `x <- LayerNorm(x + residual)` with `[2, H]` parameters (gamma row 0, beta row 1), in
@@ -601,6 +643,208 @@ pub fn linear(x: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3_no_bwd(weight_t, bias, &Linear)
 }
 
+/// [`Linear`] on the gradient path: the same forward, and a backward pass that gives only the
+/// input's gradient, `grad @ W^T`. Candle's own matmul backward also computes the weight's
+/// gradient (`x^T @ grad`, as many FLOPs as the forward) and the bias's, whether or not
+/// anything asked for them; input attributions never need them.
+struct InputGradLinear;
+
+impl CustomOp3 for InputGradLinear {
+    fn name(&self) -> &'static str {
+        "glassbox-linear-input-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Linear.cpu_fwd(s1, l1, s2, l2, s3, l3)
+    }
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _arg3: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (k, m) = arg2.dims2()?;
+        let n = grad_res.elem_count() / m.max(1);
+        let grad = grad_res
+            .contiguous()?
+            .reshape((n, m))?
+            .matmul(&arg2.t()?)?
+            .reshape(arg1.dims())?;
+        debug_assert_eq!(grad.dim(grad.rank() - 1)?, k);
+        Ok((Some(grad), None, None))
+    }
+}
+
+/// `x @ W + b` for the gradient path (f32): differentiable in `x` only (see
+/// [`InputGradLinear`]).
+pub fn linear_input_grad(x: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(weight_t, bias, InputGradLinear)
+}
+
+// ---------------------------------------------------------------- gradient path
+//
+// Candle differentiates LayerNorm and softmax through their compositions (mean, subtract,
+// square, divide, exp, sum, ...): a dozen element-wise ops forward and twice as many
+// backward, each a pass over the whole activation. The two ops below compute the same
+// function in one pass and give the input's gradient in closed form in one more.
+
+/// Mean and `1 / sqrt(var + eps)` of one row (f64 sums, as the fused inference kernel).
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len().max(1) as f64;
+    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = row
+        .iter()
+        .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+        .sum::<f64>()
+        / n;
+    (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
+}
+
+/// The rows of a contiguous f32 tensor as a vector (for a backward pass).
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// LayerNorm over the last dimension, differentiable in its input only:
+/// `dx = rstd * (g w - mean(g w) - xhat * mean(g w xhat))`.
+struct InputGradLayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for InputGradLayerNorm {
+    fn name(&self) -> &'static str {
+        "glassbox-layer-norm-input-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, "layer norm input")?;
+        let w = contiguous(s2, l2, "layer norm weight")?;
+        let b = contiguous(s3, l3, "layer norm bias")?;
+        let h = w.len();
+        if h == 0 || b.len() != h || l1.dims().last() != Some(&h) {
+            candle_core::bail!(
+                "layer norm: input {:?}, weight {:?}, bias {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        for (row, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+            let (mean, rstd) = moments(row, self.eps);
+            for j in 0..h {
+                o[j] = (row[j] - mean) * rstd * w[j] + b[j];
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _arg3: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let x = values(arg1)?;
+        let w = values(arg2)?;
+        let g = values(grad_res)?;
+        let h = w.len().max(1);
+        let mut dx = vec![0f32; x.len()];
+        for ((row, g), d) in x
+            .chunks_exact(h)
+            .zip(g.chunks_exact(h))
+            .zip(dx.chunks_exact_mut(h))
+        {
+            let (mean, rstd) = moments(row, self.eps);
+            let (mut sum_gw, mut sum_gw_xhat) = (0f64, 0f64);
+            for j in 0..h {
+                let gw = (g[j] * w[j]) as f64;
+                sum_gw += gw;
+                sum_gw_xhat += gw * ((row[j] - mean) * rstd) as f64;
+            }
+            let (m1, m2) = ((sum_gw / h as f64) as f32, (sum_gw_xhat / h as f64) as f32);
+            for j in 0..h {
+                let xhat = (row[j] - mean) * rstd;
+                d[j] = rstd * (g[j] * w[j] - m1 - xhat * m2);
+            }
+        }
+        let dx = Tensor::from_vec(dx, arg1.shape(), arg1.device())?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// LayerNorm over the last dimension for the gradient path (f32): differentiable in `x` only.
+pub fn layer_norm_input_grad(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(weight, bias, InputGradLayerNorm { eps })
+}
+
+/// erf from Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7), as [`gelu_f32`] uses it.
+#[inline(always)]
+fn erf_f32(x: f32) -> f32 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
+    (1.0 - poly * exp_f32(-z * z)).copysign(x)
+}
+
+/// Exact-form GELU, differentiable: `d gelu / dx = Phi(x) + x phi(x)`.
+struct InputGradGelu;
+
+impl CustomOp1 for InputGradGelu {
+    fn name(&self) -> &'static str {
+        "glassbox-gelu-input-grad"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l, "gelu input")?;
+        let out: Vec<f32> = x.iter().map(|&v| gelu_f32(v)).collect();
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let x = values(arg)?;
+        let g = values(grad_res)?;
+        let dx: Vec<f32> = x
+            .iter()
+            .zip(&g)
+            .map(|(&x, &g)| {
+                let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                g * (cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x))
+            })
+            .collect();
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// Exact-form GELU for the gradient path (f32).
+pub fn gelu_erf_input_grad(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(InputGradGelu)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,6 +859,90 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    #[test]
+    fn input_grad_linear_has_candles_forward_and_input_gradient() {
+        use candle_core::{Device, Var};
+        let dev = Device::Cpu;
+        let x0 = Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (8, 5), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap();
+        let grad_of = |fused: bool| {
+            let x = Var::from_tensor(&x0).unwrap();
+            let y = if fused {
+                linear_input_grad(x.as_tensor(), &w, &b).unwrap()
+            } else {
+                x.as_tensor()
+                    .broadcast_matmul(&w)
+                    .unwrap()
+                    .broadcast_add(&b)
+                    .unwrap()
+            };
+            let loss = (&y * &probe).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            (
+                y,
+                grads.get(x.as_tensor()).unwrap().clone(),
+                grads.get(&w).is_some(),
+            )
+        };
+        let (y_fused, g_fused, weight_grad) = grad_of(true);
+        let (y_plain, g_plain, _) = grad_of(false);
+        assert!(max_diff(&y_fused, &y_plain) < 1e-5);
+        assert!(max_diff(&g_fused, &g_plain) < 1e-5);
+        assert!(!weight_grad, "no gradient for the weight");
+    }
+
+    #[test]
+    fn gradient_path_layer_norm_softmax_and_gelu_match_candles_compositions() {
+        use candle_core::{Device, Var, D};
+        let dev = Device::Cpu;
+        let x0 = (Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap() * 3.0).unwrap();
+        let w = Tensor::randn(1f32, 0.5, 16, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.5, 16, &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        // 0 on real keys, -1e4 on the last three keys of the second row (padding).
+        let mut bias = vec![0f32; 32];
+        bias[29..].iter_mut().for_each(|v| *v = -1e4);
+        let key_bias = Tensor::from_vec(bias, (2, 16), &dev).unwrap();
+        let run = |which: u8| {
+            let x = Var::from_tensor(&x0).unwrap();
+            let t = x.as_tensor();
+            let y = match which {
+                0 => layer_norm_input_grad(t, &w, &b, 1e-12).unwrap(),
+                1 => candle_nn::ops::layer_norm_slow(t, &w, &b, 1e-12).unwrap(),
+                2 => {
+                    let scores = t.reshape((2, 1, 3, 16)).unwrap();
+                    masked_softmax_input_grad(&scores, &key_bias, 0.3)
+                        .unwrap()
+                        .reshape((2, 3, 16))
+                        .unwrap()
+                }
+                3 => {
+                    let scores = (t.reshape((2, 1, 3, 16)).unwrap() * 0.3).unwrap();
+                    let biased = scores
+                        .broadcast_add(&key_bias.reshape((2, 1, 1, 16)).unwrap())
+                        .unwrap();
+                    candle_nn::ops::softmax(&biased, D::Minus1)
+                        .unwrap()
+                        .reshape((2, 3, 16))
+                        .unwrap()
+                }
+                4 => gelu_erf_input_grad(t).unwrap(),
+                _ => t.gelu_erf().unwrap(),
+            };
+            let loss = (&y * &probe).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            (y, grads.get(t).unwrap().clone())
+        };
+        for (ours, theirs) in [(0, 1), (2, 3), (4, 5)] {
+            let (y_ours, g_ours) = run(ours);
+            let (y_theirs, g_theirs) = run(theirs);
+            assert!(max_diff(&y_ours, &y_theirs) < 1e-5, "forward {ours}");
+            assert!(max_diff(&g_ours, &g_theirs) < 1e-4, "gradient {ours}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use super::amx::Planes;
 use super::bert::Encoder;
 use super::config::{Architecture, EncoderConfig, ZeroShotConfig};
 use super::heads::{EncoderClassifier, Head};
@@ -32,6 +33,9 @@ pub struct LoadedModel {
     pub encoder: TextEncoder,
     /// Where the files were read from.
     pub folder: PathBuf,
+    /// The matrix-product precision in force: the one asked for, or `highest` where the CPU
+    /// has no AMX (or the model is differentiable).
+    pub precision: Precision,
 }
 
 impl LoadedModel {
@@ -49,7 +53,8 @@ pub struct LoadOptions {
     /// The dtype of the weights and activations: f32 (the default, what the fused kernels
     /// take) or f64 (tests against finite differences; implies `differentiable`).
     pub dtype: DType,
-    /// The precision of inference forward passes (gradients always run in `dtype`).
+    /// How inference multiplies the dense layers; `highest` (f32) unless asked. Gradients
+    /// always use f32 products.
     pub precision: Precision,
 }
 
@@ -58,29 +63,43 @@ impl Default for LoadOptions {
         Self {
             differentiable: false,
             dtype: DType::F32,
-            precision: Precision::F32,
+            precision: Precision::Highest,
         }
     }
 }
 
-/// How inference multiplies the dense layers (`model.precision`).
+/// How inference multiplies f32 matrices in the dense layers (`model.matmul_precision`),
+/// with the meaning of PyTorch's `torch.set_float32_matmul_precision`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// f32 everywhere: within 1e-4 of the reference implementation.
+    /// f32 products (AVX-512 gemm): within 1e-4 of the reference on every checkpoint.
     #[default]
-    F32,
-    /// Dense-layer inputs and weights rounded to bf16, products accumulated in f32 on Intel
-    /// AMX tiles; everything else f32. Faster, slightly less exact (see the README); needs a
-    /// CPU with AMX bf16.
-    Bf16,
+    Highest,
+    /// Each f32 value as the sum of two bf16 values, three bf16 products accumulated in f32
+    /// on Intel AMX tiles (relative error about 1e-6 per product; within 1e-4 of the
+    /// reference on MiniLM). Falls back to `highest` without AMX.
+    High,
+    /// Inputs and weights rounded to bf16, one product, f32 accumulation on AMX tiles
+    /// (probabilities move by up to ~0.015). Falls back to `highest` without AMX.
+    Medium,
 }
 
 impl Precision {
     pub fn name(self) -> &'static str {
         match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
+            Precision::Highest => "highest",
+            Precision::High => "high",
+            Precision::Medium => "medium",
+        }
+    }
+
+    /// The AMX form of this precision; `None` for f32 gemm.
+    pub fn planes(self) -> Option<Planes> {
+        match self {
+            Precision::Highest => None,
+            Precision::High => Some(Planes::Two),
+            Precision::Medium => Some(Planes::One),
         }
     }
 }
@@ -97,8 +116,6 @@ pub enum LoadError {
     Hub { id: String, problem: String },
     #[error("zero-shot head: {0}")]
     ZeroShot(String),
-    #[error("model.precision: {0}")]
-    Precision(String),
 }
 
 /// Loads a local Hugging Face folder, or a hub id (`owner/name`) through `hf-hub`.
@@ -221,11 +238,27 @@ pub fn load_folder(
             ),
         )
     })?;
-    if options.precision == Precision::Bf16 {
-        encoder
-            .use_bf16()
-            .map_err(|e| LoadError::Precision(e.to_string()))?;
-    }
+    // The dense layers on AMX tiles when asked for and possible; `highest` otherwise.
+    let precision = match options.precision.planes() {
+        Some(planes) if !differentiable => {
+            let switched = encoder.use_amx(planes).map_err(|e| {
+                bad(
+                    &weights_path,
+                    format!("cannot pack the weights for AMX: {e}"),
+                )
+            })?;
+            if switched {
+                options.precision
+            } else {
+                tracing::warn!(
+                    asked = options.precision.name(),
+                    "this CPU has no AMX bf16: matrix products run in f32 (matmul_precision highest)"
+                );
+                Precision::Highest
+            }
+        }
+        _ => Precision::Highest,
+    };
 
     let tokenizer_path = folder.join("tokenizer.json");
     let max_len = cfg.max_len();
@@ -291,6 +324,7 @@ pub fn load_folder(
         encoder_classifier: classifier,
         encoder: text_encoder,
         folder: folder.to_path_buf(),
+        precision,
     })
 }
 
