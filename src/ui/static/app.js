@@ -1200,7 +1200,9 @@
       numberParam(request, route, "max_evals", "max_evals");
       numberParam(request, route, "seed", "seed");
     } else if (method === "occlusion") {
-      numberParam(request, route, "window", "window");
+      // One word at a time is the route's default (leave-one-out), and the only mode that
+      // `evaluate` scores: a window of 1 is left out rather than sent.
+      if (Number($("window").value) !== 1) numberParam(request, route, "window", "window");
     } else if (method === "gradients") {
       const props = routeProps(route);
       const choice = $("gradient_method").value;
