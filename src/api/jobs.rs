@@ -503,6 +503,15 @@ pub async fn delete_job(
     Ok(Json(JobView::of(&job, &state)).into_response())
 }
 
+/// One server-sent event of a job's stream (the schema of each event, not of the whole body).
+#[derive(Serialize, ToSchema)]
+pub struct StreamEvent {
+    /// `progress`, `result`, `error` or `cancelled`.
+    pub event: String,
+    /// The event's JSON document as text (see the route's description for each event).
+    pub data: String,
+}
+
 /// Follow a job as server-sent events: `progress` events, then one final event, then the
 /// stream ends.
 ///
@@ -522,11 +531,11 @@ pub async fn delete_job(
     tag = "jobs",
     params(("id" = String, Path, description = "The job's id, from `POST /jobs`")),
     responses(
-        (status = 200, description = "An event stream", content_type = "text/event-stream",
-            body = String,
-            example = json!("event: progress\ndata: {\"state\":\"running\",\"rows_done\":640,\
-                \"rows_total\":4731}\n\nevent: progress\ndata: {\"state\":\"done\",\
-                \"rows_done\":4731,\"rows_total\":4731}\n\nevent: result\ndata: {\"model\":...}\n\n")),
+        (status = 200, description = "An event stream: each event as described by the schema \
+            (`event` names it, `data` is its JSON text)", content_type = "text/event-stream",
+            body = StreamEvent,
+            example = json!({"event": "progress",
+                "data": "{\"state\":\"running\",\"rows_done\":640,\"rows_total\":4731}"})),
         (status = 404, description = "`not_found`: no such job, or it expired or was deleted",
             body = ErrorBody,
             example = json!({"error": {"code": "not_found", "message":

@@ -54,6 +54,7 @@ use super::{dto, error, ops, predict};
         crate::api::jobs::JobRequest,
         crate::api::jobs::JobView,
         crate::api::jobs::JobProgress,
+        crate::api::jobs::StreamEvent,
         crate::jobs::JobState,
         crate::api::compare::CompareRequest,
         crate::api::compare::CompareResponse,
