@@ -88,7 +88,7 @@ pub struct ModelConfig {
     /// How the dense layers of inference multiply f32 matrices, as PyTorch's
     /// `set_float32_matmul_precision`: `highest` (f32 products), `high` (default: each f32 as
     /// two bf16 terms on Intel AMX tiles) or `medium` (bf16). Without AMX, `high` and
-    /// `medium` run as `highest`. Gradient methods always use f32 products.
+    /// `medium` run as `highest`. Gradient methods use `high` products under `high`, f32 otherwise.
     pub matmul_precision: Precision,
 }
 

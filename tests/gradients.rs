@@ -16,7 +16,7 @@ use glassbox::model::config::ZeroShotConfig;
 use glassbox::model::gradients::{
     input_gradients, GradientModel, GradientRow, LinearGradientModel, OutputKind,
 };
-use glassbox::model::loader::{load_model, LoadOptions};
+use glassbox::model::loader::{load_model, LoadOptions, Precision};
 use glassbox::model::toy::{ToyClassifier, ToyOutput};
 use glassbox::model::{LoadedModel, Row};
 use serde_json::Value;
@@ -191,7 +191,16 @@ fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
 
 /// Integrated gradients on the default model for the sentences of the Captum golden file.
 fn ig_minilm(text: &str, target: usize, quadrature: Quadrature) -> (Vec<f64>, f64, f64, f64) {
-    let m = minilm();
+    ig_on(minilm(), text, target, quadrature)
+}
+
+/// Integrated gradients of one text on a given load of the default model.
+fn ig_on(
+    m: &LoadedModel,
+    text: &str,
+    target: usize,
+    quadrature: Quadrature,
+) -> (Vec<f64>, f64, f64, f64) {
     let encoding = m.encoder.encode(text, false).unwrap();
     let gradients = DirectGradients::new(m.encoder_classifier.clone());
     let params = GradientParams {
@@ -246,6 +255,49 @@ fn ig_gauss_legendre_completeness_and_captum_parity_on_minilm() {
         let rel = rel_l2(&scores, &want);
         println!("  per-token relative L2 error vs Captum (Gauss-Legendre): {rel:.2e}");
         assert!(rel < 1e-3, "Captum parity: relative L2 error {rel}");
+    }
+}
+
+/// With `matmul_precision = "high"` (the service default) the gradient path's dense layers
+/// run on AMX tiles, forward and backward: the same completeness and Captum parity hold.
+#[test]
+fn ig_at_high_precision_keeps_completeness_and_captum_parity() {
+    let high = load(
+        "models/all-MiniLM-L6-v2",
+        LoadOptions {
+            precision: Precision::High,
+            ..LoadOptions::default()
+        },
+    );
+    if high.precision != Precision::High {
+        eprintln!("skipped: this CPU has no AMX bf16, so high runs as highest");
+        return;
+    }
+    let golden = ig_golden();
+    for s in golden["sentences"].as_array().unwrap() {
+        let text = s["text"].as_str().unwrap();
+        let target = s["target"].as_u64().unwrap() as usize;
+        let (scores, f_x, f_base, delta) = ig_on(&high, text, target, Quadrature::GaussLegendre);
+        let (exact, ..) = ig_minilm(text, target, Quadrature::GaussLegendre);
+        let change = f_x - f_base;
+        let rel = rel_l2(&scores, &floats(&s["gausslegendre"]["attributions"]));
+        let against_f32 = rel_l2(&scores, &exact);
+        println!(
+            "{text}: delta {:.2e} of the change; relative L2 vs Captum {rel:.2e}, vs f32 \
+             products {against_f32:.2e}",
+            (delta / change).abs()
+        );
+        assert!((f_x - s["f_input"].as_f64().unwrap()).abs() < 1e-4);
+        assert!((f_base - s["f_baseline"].as_f64().unwrap()).abs() < 1e-4);
+        assert!(
+            delta.abs() < 1e-3 * change.abs(),
+            "completeness: {delta:e} vs {change}"
+        );
+        assert!(rel < 1e-3, "Captum parity: relative L2 error {rel}");
+        assert!(
+            against_f32 > 0.0,
+            "high changed nothing: is it on the gradient path?"
+        );
     }
 }
 

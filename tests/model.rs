@@ -725,8 +725,8 @@ fn invalid_zero_shot_config_is_rejected() {
 }
 
 /// `high` and `medium` on the default model: what they cost in accuracy against f32 products
-/// on the 80 labelled sentences (printed, and bounded here), and that gradient-path forwards
-/// of the same weights stay exact.
+/// on the 80 labelled sentences (printed, and bounded here), and that differentiable forwards
+/// that track nothing stay on f32 products.
 #[test]
 fn reduced_matmul_precisions_stay_close_to_f32_on_the_default_model() {
     let exact = minilm();
@@ -781,7 +781,7 @@ fn reduced_matmul_precisions_stay_close_to_f32_on_the_default_model() {
             "{name} accuracy {correct}/80"
         );
 
-        // The differentiable path of the same weights is the f32 model's, exactly.
+        // A differentiable forward that tracks nothing uses f32 products, exactly as highest.
         let hidden = |m: &LoadedModel| {
             let ec = &m.encoder_classifier;
             let cfg = &ec.encoder().config;

@@ -64,7 +64,7 @@ pub struct ModelDescription {
     /// The model's own maximum input length in tokens.
     pub max_len: usize,
     /// How inference multiplies the dense layers, in force (`model.matmul_precision`:
-    /// `highest`, `high` or `medium`; gradient methods always use f32 products).
+    /// `highest`, `high` or `medium`; gradient methods use `high` products under `high`, f32 otherwise).
     pub matmul_precision: Precision,
 }
 

@@ -4,8 +4,9 @@
 //! `medium` rounds the inputs and weights of each dense layer to bf16 (8 significant bits,
 //! round to nearest even). `high` writes each f32 value as the sum of two bf16 terms and sums
 //! three products per pair (PyTorch's "high" float32 matmul precision): about 1e-6 relative
-//! error per product, against about 4e-3 for `medium`. Bias, embeddings, attention, softmax,
-//! GELU and LayerNorm stay f32. AMX multiplies bf16 over ten times faster than AVX-512 FMAs
+//! error per product, against about 4e-3 for `medium`; under `high` the gradient path's dense
+//! layers use it too (forward and input backward, `W^T` packed as well). Bias, embeddings,
+//! attention, softmax, GELU and LayerNorm stay f32. AMX multiplies bf16 over ten times faster than AVX-512 FMAs
 //! multiply f32, which is why either form beats f32 products; the accuracy cost of each is
 //! measured in tests/model.rs and reported in the README.
 //!
@@ -524,6 +525,45 @@ impl CustomOp1 for Bf16Linear<'_> {
 pub fn linear(x: &Tensor, packed: &PackedBf16, with_bias: bool) -> Result<Tensor> {
     x.contiguous()?
         .apply_op1_no_bwd(&Bf16Linear { packed, with_bias })
+}
+
+/// The gradient path's dense layer on AMX tiles: `x @ W + b` forward, and a backward pass
+/// for the input only, `grad @ W^T`, with `W^T` packed as well (weights get no gradient, as
+/// in `kernels::linear_input_grad`).
+struct Bf16InputGradLinear {
+    forward: std::sync::Arc<PackedBf16>,
+    backward: std::sync::Arc<PackedBf16>,
+}
+
+impl CustomOp1 for Bf16InputGradLinear {
+    fn name(&self) -> &'static str {
+        "glassbox-amx-linear-input-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        Bf16Linear {
+            packed: &self.forward,
+            with_bias: true,
+        }
+        .cpu_fwd(storage, layout)
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(linear(grad_res, &self.backward, false)?))
+    }
+}
+
+/// `x @ W + b`, differentiable in `x` only: `forward` packs `W` (`[K, M]`) with the bias,
+/// `backward` packs `W^T` (`[M, K]`) with a zero bias.
+pub fn linear_input_grad(
+    x: &Tensor,
+    forward: &std::sync::Arc<PackedBf16>,
+    backward: &std::sync::Arc<PackedBf16>,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Bf16InputGradLinear {
+        forward: forward.clone(),
+        backward: backward.clone(),
+    })
 }
 
 #[cfg(test)]

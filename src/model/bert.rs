@@ -30,6 +30,8 @@ pub struct Dense {
     bias: Tensor,
     /// The same weight packed for the AMX kernel ([`Encoder::use_amx`]).
     bf16: Option<Arc<PackedBf16>>,
+    /// With `high`: the transposed weight packed too, for the gradient path's backward pass.
+    bf16_t: Option<Arc<PackedBf16>>,
 }
 
 impl Dense {
@@ -40,6 +42,7 @@ impl Dense {
             weight_t: w.t()?.contiguous()?,
             bias: b,
             bf16: None,
+            bf16_t: None,
         })
     }
 
@@ -51,6 +54,7 @@ impl Dense {
             weight_t: Tensor::cat(&ws, 1)?.contiguous()?,
             bias: Tensor::cat(&bs, 0)?,
             bf16: None,
+            bf16_t: None,
         })
     }
 
@@ -60,6 +64,16 @@ impl Dense {
         let w = self.weight_t.flatten_all()?.to_vec1::<f32>()?;
         let b = self.bias.to_vec1::<f32>()?;
         self.bf16 = Some(Arc::new(PackedBf16::pack(&w, k, m, &b, planes)));
+        if planes != Planes::One {
+            // The gradient path keeps f32-like products: `high` only, never plain bf16.
+            let wt = self
+                .weight_t
+                .t()?
+                .contiguous()?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            self.bf16_t = Some(Arc::new(PackedBf16::pack(&wt, m, k, &vec![0.0; k], planes)));
+        }
         Ok(())
     }
 
@@ -83,7 +97,11 @@ impl Dense {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if x.dtype() == DType::F32 && !self.weight_t.track_op() {
             if x.track_op() {
-                // The gradient path: the same gemm, and a backward pass for the input only.
+                // The gradient path: the same product, and a backward pass for the input only
+                // (on AMX tiles with `high`, f32 gemm otherwise).
+                if let (Some(forward), Some(backward)) = (&self.bf16, &self.bf16_t) {
+                    return amx::linear_input_grad(x, forward, backward);
+                }
                 return kernels::linear_input_grad(x, &self.weight_t, &self.bias);
             }
             if x.is_contiguous() {
@@ -330,8 +348,9 @@ impl Encoder {
     }
 
     /// Runs the dense layers of inference on AMX tiles as products of `planes` bf16 terms
-    /// per f32 value (see [`Planes`]); the differentiable path keeps the f32 weights. Returns
-    /// false, changing nothing, when the CPU has no AMX bf16 or the weights are not f32.
+    /// per f32 value (see [`Planes`]). Gradient calls (tracked inputs) use them too with two
+    /// or more planes, forward and input backward; plain bf16 stays off the gradient path.
+    /// Returns false, changing nothing, when the CPU has no AMX bf16 or the weights are not f32.
     pub fn use_amx(&mut self, planes: Planes) -> candle_core::Result<bool> {
         if !amx::available() || self.dtype() != DType::F32 {
             return Ok(false);

@@ -53,8 +53,8 @@ pub struct LoadOptions {
     /// The dtype of the weights and activations: f32 (the default, what the fused kernels
     /// take) or f64 (tests against finite differences; implies `differentiable`).
     pub dtype: DType,
-    /// How inference multiplies the dense layers; `highest` (f32) unless asked. Gradients
-    /// always use f32 products.
+    /// How the dense layers multiply; `highest` (f32) unless asked. The gradient path uses
+    /// `high`'s products under `high`, f32 products otherwise (never plain bf16).
     pub precision: Precision,
 }
 
