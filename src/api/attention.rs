@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, BodyErrors, ErrorBody, ModelErrors};
 use super::evaluate;
 use super::explain::{resolve_targets, ExplainBase, ExplainCommon, Explained};
 use super::extract::ApiJson;
@@ -123,16 +123,6 @@ pub struct AttentionResponse {
             example = json!({"error": {"code": "invalid_json", "message":
                 "the body does not have the expected shape: invalid type: string \"all\", expected a sequence",
                 "details": {}}})),
-        (status = 413, description = "`payload_too_large`: body over `server.max_body_bytes`",
-            body = ErrorBody,
-            example = json!({"error": {"code": "payload_too_large", "message":
-                "the request body is larger than the limit of 1048576 bytes (server.max_body_bytes)",
-                "details": {"limit_bytes": 1048576}}})),
-        (status = 415, description = "`unsupported_media_type`: not `application/json`",
-            body = ErrorBody,
-            example = json!({"error": {"code": "unsupported_media_type", "message":
-                "the request body must be JSON with the header Content-Type: application/json",
-                "details": {}}})),
         (status = 422, description = "`validation_error` naming the field: empty text, text \
             too long without `truncate`, unknown `target`, a layer or head that does not exist \
             (`layers`, `heads`, `mask`), an unknown `aggregation` or `granularity`, `precision` \
@@ -142,21 +132,7 @@ pub struct AttentionResponse {
             example = json!({"error": {"code": "validation_error", "message":
                 "this request would return 18874368 attention values (512 x 512 per matrix), over the limit of 2000000 (limits.max_attention_values); narrow it with fewer \"layers\" (e.g. [0, 5]), or fewer \"heads\", or \"aggregation\": \"mean\", or \"granularity\": \"words\", or a shorter text",
                 "details": {"field": "aggregation"}}})),
-        (status = 500, description = "`internal`: a bug, logged with the request id",
-            body = ErrorBody,
-            example = json!({"error": {"code": "internal", "message":
-                "internal error; the request id in x-request-id identifies it in the logs",
-                "details": {}}})),
-        (status = 503, description = "`overloaded` (with `Retry-After`) or `not_ready`",
-            body = ErrorBody,
-            headers(("retry-after" = u64, description = "Seconds to wait (when overloaded)")),
-            example = json!({"error": {"code": "overloaded", "message":
-                "the model queue is full; retry after 1 s", "details": {"retry_after_s": 1}}})),
-        (status = 504, description = "`timeout`: past `server.request_timeout_ms`; queued work \
-            dropped", body = ErrorBody,
-            example = json!({"error": {"code": "timeout", "message":
-                "the request ran past its deadline of 30000 ms; its queued work was dropped",
-                "details": {"timeout_ms": 30000}}})),
+        BodyErrors, ModelErrors,
     )
 )]
 pub async fn explain_attention(

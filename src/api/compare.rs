@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, BodyErrors, ErrorBody};
 use super::evaluate;
 use super::explain::{ExplainBase, ExplainCommon, Explained};
 use super::extract::ApiJson;
@@ -248,16 +248,6 @@ struct Plan {
                 "the body does not have the expected shape: unknown field `lime.bow`; the \
                 parameters of lime are num_samples, tolerance, num_features, kernel_width, \
                 feature_selection, confidence_intervals", "details": {}}})),
-        (status = 413, description = "`payload_too_large`: body over `server.max_body_bytes`",
-            body = ErrorBody,
-            example = json!({"error": {"code": "payload_too_large", "message":
-                "the request body is larger than the limit of 1048576 bytes (server.max_body_bytes)",
-                "details": {"limit_bytes": 1048576}}})),
-        (status = 415, description = "`unsupported_media_type`: not `application/json`",
-            body = ErrorBody,
-            example = json!({"error": {"code": "unsupported_media_type", "message":
-                "the request body must be JSON with the header Content-Type: application/json",
-                "details": {}}})),
         (status = 422, description = "`validation_error` naming the field: `methods` empty, \
             with an unknown or a repeated method, or with a gradient method \
             (`integrated_gradients`, `saliency`, `grad_x_input`) on a model loaded without \
@@ -285,6 +275,7 @@ struct Plan {
             example = json!({"error": {"code": "timeout", "message":
                 "the request ran past its deadline of 30000 ms; its queued work was dropped",
                 "details": {"timeout_ms": 30000}}})),
+        BodyErrors,
     )
 )]
 pub async fn explain_compare_route(

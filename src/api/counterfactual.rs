@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, BodyErrors, ErrorBody, ModelErrors};
 use super::explain::{ExplainBase, ExplainCommon, Explained};
 use super::extract::ApiJson;
 use super::perturbation::{example_with, off_runtime, parse_request, perturb_error};
@@ -97,16 +97,6 @@ pub struct CounterfactualResponse {
             example = json!({"error": {"code": "invalid_json", "message":
                 "the body does not have the expected shape: edits: invalid type: string \"x\", expected a sequence",
                 "details": {}}})),
-        (status = 413, description = "`payload_too_large`: body over `server.max_body_bytes`",
-            body = ErrorBody,
-            example = json!({"error": {"code": "payload_too_large", "message":
-                "the request body is larger than the limit of 1048576 bytes (server.max_body_bytes)",
-                "details": {"limit_bytes": 1048576}}})),
-        (status = 415, description = "`unsupported_media_type`: not `application/json`",
-            body = ErrorBody,
-            example = json!({"error": {"code": "unsupported_media_type", "message":
-                "the request body must be JSON with the header Content-Type: application/json",
-                "details": {}}})),
         (status = 422, description = "`validation_error` naming the field: empty text or a text \
             without words, text too long without `truncate`, unknown `target`, none of `edits`, \
             `substitutions` and `flip_search`, an empty or too long edit (`edits[i]`), a \
@@ -119,21 +109,7 @@ pub struct CounterfactualResponse {
             example = json!({"error": {"code": "validation_error", "message":
                 "substitutions[0].feature is 9, but the text has 4 features (0..4)",
                 "details": {"field": "substitutions[0].feature"}}})),
-        (status = 500, description = "`internal`: a bug, logged with the request id",
-            body = ErrorBody,
-            example = json!({"error": {"code": "internal", "message":
-                "internal error; the request id in x-request-id identifies it in the logs",
-                "details": {}}})),
-        (status = 503, description = "`overloaded` (with `Retry-After`) or `not_ready`",
-            body = ErrorBody,
-            headers(("retry-after" = u64, description = "Seconds to wait (when overloaded)")),
-            example = json!({"error": {"code": "overloaded", "message":
-                "the model queue is full; retry after 1 s", "details": {"retry_after_s": 1}}})),
-        (status = 504, description = "`timeout`: past `server.request_timeout_ms`; queued work \
-            dropped", body = ErrorBody,
-            example = json!({"error": {"code": "timeout", "message":
-                "the request ran past its deadline of 30000 ms; its queued work was dropped",
-                "details": {"timeout_ms": 30000}}})),
+        BodyErrors, ModelErrors,
     )
 )]
 pub async fn explain_counterfactual_route(

@@ -177,3 +177,41 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// The body-level errors every JSON route documents alike (413, 415), listed once: a route's
+/// `responses(...)` names this type instead of repeating them.
+#[derive(utoipa::IntoResponses)]
+pub enum BodyErrors {
+    #[response(status = 413, description = "`payload_too_large`: body over `server.max_body_bytes`",
+        example = json!({"error": {"code": "payload_too_large", "message":
+            "the request body is larger than the limit of 1048576 bytes (server.max_body_bytes)",
+            "details": {"limit_bytes": 1048576}}}))]
+    PayloadTooLarge(ErrorBody),
+    #[response(status = 415, description = "`unsupported_media_type`: not `application/json`",
+        example = json!({"error": {"code": "unsupported_media_type", "message":
+            "the request body must be JSON with the header Content-Type: application/json",
+            "details": {}}}))]
+    UnsupportedMediaType(ErrorBody),
+}
+
+/// The errors of a route that runs rows through the model (500, 503, 504), documented alike
+/// everywhere and listed once.
+#[derive(utoipa::IntoResponses)]
+pub enum ModelErrors {
+    #[response(status = 500, description = "`internal`: a bug, logged with the request id",
+        example = json!({"error": {"code": "internal", "message":
+            "internal error; the request id in x-request-id identifies it in the logs",
+            "details": {}}}))]
+    Internal(ErrorBody),
+    #[response(status = 503, description = "`overloaded` (with `Retry-After`) or `not_ready`",
+        headers(("retry-after" = u64, description = "Seconds to wait (when overloaded)")),
+        example = json!({"error": {"code": "overloaded", "message":
+            "the model queue is full; retry after 1 s", "details": {"retry_after_s": 1}}}))]
+    Unavailable(ErrorBody),
+    #[response(status = 504, description = "`timeout`: past `server.request_timeout_ms`; queued work \
+        dropped",
+        example = json!({"error": {"code": "timeout", "message":
+            "the request ran past its deadline of 30000 ms; its queued work was dropped",
+            "details": {"timeout_ms": 30000}}}))]
+    Timeout(ErrorBody),
+}

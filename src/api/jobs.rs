@@ -34,7 +34,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, BodyErrors, ErrorBody};
 use super::extract::ApiJson;
 use super::scope::RunContext;
 use super::{
@@ -280,16 +280,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
                 "the body does not have the expected shape: missing field `request`; POST /jobs \
                 takes {\"method\": \"lime\", \"request\": {...the body of POST /explain/lime...}}",
                 "details": {}}})),
-        (status = 413, description = "`payload_too_large`: body over `server.max_body_bytes`",
-            body = ErrorBody,
-            example = json!({"error": {"code": "payload_too_large", "message":
-                "the request body is larger than the limit of 1048576 bytes (server.max_body_bytes)",
-                "details": {"limit_bytes": 1048576}}})),
-        (status = 415, description = "`unsupported_media_type`: not `application/json`",
-            body = ErrorBody,
-            example = json!({"error": {"code": "unsupported_media_type", "message":
-                "the request body must be JSON with the header Content-Type: application/json",
-                "details": {}}})),
         (status = 422, description = "`validation_error`: an unknown `method`, a malformed \
             `Idempotency-Key`, or a key already used for a different request", body = ErrorBody,
             example = json!({"error": {"code": "validation_error", "message":
@@ -302,6 +292,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             example = json!({"error": {"code": "overloaded", "message":
                 "64 jobs are queued or running, the limit (jobs.max_live_jobs); retry after 1 s",
                 "details": {"retry_after_s": 1}}})),
+        BodyErrors,
     )
 )]
 pub async fn create_job(

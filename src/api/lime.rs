@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, ModelErrors};
 use super::evaluate;
 use super::explain::{ExplainBase, ExplainCommon, Explained};
 use super::extract::ApiJson;
@@ -131,21 +131,7 @@ pub struct LimeResponse {
             example = json!({"error": {"code": "validation_error", "message":
                 "num_samples must be between 2 and 20000 (got 50000)",
                 "details": {"field": "num_samples"}}})),
-        (status = 500, description = "`internal`: a bug, logged with the request id",
-            body = ErrorBody,
-            example = json!({"error": {"code": "internal", "message":
-                "internal error; the request id in x-request-id identifies it in the logs",
-                "details": {}}})),
-        (status = 503, description = "`overloaded` (with `Retry-After`) or `not_ready`",
-            body = ErrorBody,
-            headers(("retry-after" = u64, description = "Seconds to wait (when overloaded)")),
-            example = json!({"error": {"code": "overloaded", "message":
-                "the model queue is full; retry after 1 s", "details": {"retry_after_s": 1}}})),
-        (status = 504, description = "`timeout`: past `server.request_timeout_ms`; queued work \
-            dropped", body = ErrorBody,
-            example = json!({"error": {"code": "timeout", "message":
-                "the request ran past its deadline of 30000 ms; its queued work was dropped",
-                "details": {"timeout_ms": 30000}}})),
+        ModelErrors,
     )
 )]
 pub async fn explain_lime_route(

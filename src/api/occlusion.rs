@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, BodyErrors, ErrorBody, ModelErrors};
 use super::evaluate;
 use super::explain::{ExplainBase, ExplainCommon, Explained};
 use super::extract::ApiJson;
@@ -98,16 +98,6 @@ pub struct OcclusionResponse {
             example = json!({"error": {"code": "invalid_json", "message":
                 "the body does not have the expected shape: window: invalid type: string \"3\", expected usize",
                 "details": {}}})),
-        (status = 413, description = "`payload_too_large`: body over `server.max_body_bytes`",
-            body = ErrorBody,
-            example = json!({"error": {"code": "payload_too_large", "message":
-                "the request body is larger than the limit of 1048576 bytes (server.max_body_bytes)",
-                "details": {"limit_bytes": 1048576}}})),
-        (status = 415, description = "`unsupported_media_type`: not `application/json`",
-            body = ErrorBody,
-            example = json!({"error": {"code": "unsupported_media_type", "message":
-                "the request body must be JSON with the header Content-Type: application/json",
-                "details": {}}})),
         (status = 422, description = "`validation_error` naming the field: empty text or a text \
             without words, text too long without `truncate`, unknown `target`, `window` or \
             `stride` of 0, `stride` without `window`, more removals than \
@@ -115,21 +105,7 @@ pub struct OcclusionResponse {
             cannot do, `evaluate` with `window`", body = ErrorBody,
             example = json!({"error": {"code": "validation_error", "message":
                 "window must be at least 1 (got 0)", "details": {"field": "window"}}})),
-        (status = 500, description = "`internal`: a bug, logged with the request id",
-            body = ErrorBody,
-            example = json!({"error": {"code": "internal", "message":
-                "internal error; the request id in x-request-id identifies it in the logs",
-                "details": {}}})),
-        (status = 503, description = "`overloaded` (with `Retry-After`) or `not_ready`",
-            body = ErrorBody,
-            headers(("retry-after" = u64, description = "Seconds to wait (when overloaded)")),
-            example = json!({"error": {"code": "overloaded", "message":
-                "the model queue is full; retry after 1 s", "details": {"retry_after_s": 1}}})),
-        (status = 504, description = "`timeout`: past `server.request_timeout_ms`; queued work \
-            dropped", body = ErrorBody,
-            example = json!({"error": {"code": "timeout", "message":
-                "the request ran past its deadline of 30000 ms; its queued work was dropped",
-                "details": {"timeout_ms": 30000}}})),
+        BodyErrors, ModelErrors,
     )
 )]
 pub async fn explain_occlusion_route(
