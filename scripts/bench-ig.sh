@@ -30,40 +30,11 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-scripts/fetch-model.sh "$MODEL_DIR" >&2
-# setup-baseline.sh prints the venv's python as its last line of stdout.
-BASELINE_PY="$(scripts/setup-baseline.sh | tail -n 1)"
-[[ -x "$BASELINE_PY" ]] || { echo "bench-ig: baseline python '$BASELINE_PY' not usable" >&2; exit 1; }
-
-cargo build --release >&2
-# A private copy: a shared target directory's binary can be replaced by another build mid-run.
-BIN="$(mktemp -t glassbox-bench-ig.XXXXXX)"
-cp "${CARGO_TARGET_DIR:-target}/release/glassbox" "$BIN"
-chmod +x "$BIN"
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-URL="http://127.0.0.1:$PORT"
-mkdir -p bench/results
-STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+# shellcheck source=scripts/lib/bench-server.sh
+source scripts/lib/bench-server.sh
+start_bench_server bench-ig "$MODEL_DIR"
 OUT="bench/results/ig-$STAMP.jsonl"
-LOG="bench/results/ig-$STAMP.server.log"
 
-"$BIN" serve --model "$MODEL_DIR" --host 127.0.0.1 --port "$PORT" \
-    --cache-rows 0 --request-timeout-ms 600000 --log-level warn >"$LOG" 2>&1 &
-SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -f "$BIN"; [[ -s "$LOG" ]] || rm -f "$LOG"' EXIT
-
-echo "bench-ig: waiting for $URL/ready (server pid $SERVER, log $LOG)" >&2
-for _ in $(seq 1 600); do
-    if python3 -c "import urllib.request; urllib.request.urlopen('$URL/ready', timeout=2)" 2>/dev/null; then
-        break
-    fi
-    kill -0 "$SERVER" 2>/dev/null || { echo "bench-ig: the server exited; see $LOG" >&2; cat "$LOG" >&2; exit 1; }
-    sleep 0.5
-done
-python3 -c "import urllib.request; urllib.request.urlopen('$URL/ready', timeout=2)" \
-    || { echo "bench-ig: the server never became ready; see $LOG" >&2; exit 1; }
-
-echo "bench-ig: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$BASELINE_PY" scripts/bench_ig_compare.py "$MODEL_DIR" --url "$URL" --server-pid "$SERVER" \
     --reps "$REPS" --out "$OUT" "${EXTRA[@]}"
 echo "bench-ig: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

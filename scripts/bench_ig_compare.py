@@ -28,29 +28,13 @@ import json
 import os
 import statistics
 import sys
-import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "bench", "python"))
 
 import benchutil as bu  # noqa: E402
-from bench_lime_compare import timed  # noqa: E402
-
-
-def post(url: str, path: str, body: dict) -> dict:
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        raise SystemExit(f"glassbox answered {e.code} to {path}: {e.read().decode(errors='replace')}")
-
-
-def settled(runs: list, max_other: float) -> list:
-    clean = [r for r in runs if r["load"]["other_cpu_frac"] <= max_other]
-    return clean or runs
+from bench_lime_compare import emitter, post, settled, timed  # noqa: E402
 
 
 def median_s(runs: list, max_other: float) -> float:
@@ -75,12 +59,7 @@ def main():
     ap.add_argument("--out")
     a = ap.parse_args()
 
-    def emit(record: dict) -> None:
-        line = json.dumps(record, default=bu._json_default)
-        print(line, file=sys.stderr, flush=True)
-        if a.out:
-            with open(a.out, "a") as f:
-                f.write(line + "\n")
+    emit = emitter(a.out)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
 
     from bench_ig import build_ig, explain

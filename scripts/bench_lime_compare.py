@@ -105,16 +105,32 @@ def timed(fn, server_pid, max_other, retries, max_wait, log):
     raise AssertionError("unreachable")
 
 
-def glassbox_explain(url: str, text: str, n: int, seed: int) -> dict:
-    body = json.dumps({"text": text, "target": "positive", "num_samples": n,
-                       "num_features": "all", "seed": seed}).encode()
-    request = urllib.request.Request(url + "/explain/lime", data=body,
+def post(url: str, route: str, body: dict) -> dict:
+    """POST a JSON body to glassbox; an error status ends the benchmark with its message."""
+    request = urllib.request.Request(url + route, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
-        raise SystemExit(f"glassbox answered {e.code}: {e.read().decode(errors='replace')}")
+        raise SystemExit(f"glassbox {route} answered {e.code}: {e.read().decode(errors='replace')}")
+
+
+def emitter(out):
+    """A function writing one JSON line to stderr (progress) and appending it to `out`, if
+    given; stdout keeps only the tables."""
+    def emit(record: dict) -> None:
+        line = json.dumps(record, default=bu._json_default)
+        print(line, file=sys.stderr, flush=True)
+        if out:
+            with open(out, "a") as f:
+                f.write(line + "\n")
+    return emit
+
+
+def glassbox_explain(url: str, text: str, n: int, seed: int) -> dict:
+    return post(url, "/explain/lime", {"text": text, "target": "positive", "num_samples": n,
+                                       "num_features": "all", "seed": seed})
 
 
 def forward_flops_rows(rows: int, tokens: int) -> float:
@@ -151,13 +167,7 @@ def main():
     if not (a.model_dir and a.url and a.server_pid):
         ap.error("model_dir, --url and --server-pid are required (unless --table-from)")
 
-    def emit(record: dict) -> None:
-        """One JSON line to stderr (progress) and to --out; stdout keeps only the table."""
-        line = json.dumps(record, default=bu._json_default)
-        print(line, file=sys.stderr, flush=True)
-        if a.out:
-            with open(a.out, "a") as f:
-                f.write(line + "\n")
+    emit = emitter(a.out)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
 
     from bench_lime import TEXTS

@@ -30,7 +30,6 @@ import json
 import os
 import statistics
 import sys
-import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,17 +37,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "bench", "python"))
 
 import benchutil as bu  # noqa: E402
-from bench_lime_compare import settled, timed  # noqa: E402
-
-
-def post(url: str, route: str, body: dict) -> dict:
-    request = urllib.request.Request(url + route, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        raise SystemExit(f"glassbox {route} answered {e.code}: {e.read().decode(errors='replace')}")
+from bench_lime_compare import emitter, post, settled, timed  # noqa: E402
 
 
 def top3_shap(body: dict, label: int = 1) -> list:
@@ -82,12 +71,7 @@ def main():
     if not (a.model_dir and a.url and a.server_pid):
         ap.error("model_dir, --url and --server-pid are required")
 
-    def emit(record: dict) -> None:
-        line = json.dumps(record, default=bu._json_default)
-        print(line, file=sys.stderr, flush=True)
-        if a.out:
-            with open(a.out, "a") as f:
-                f.write(line + "\n")
+    emit = emitter(a.out)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
 
     import shap
