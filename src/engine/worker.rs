@@ -123,20 +123,26 @@ fn next_work(shared: &Shared) -> Option<Work> {
     }
 }
 
-fn run_forward(shared: &Shared, batch: Batch) {
-    let started = Instant::now();
-    let result = forward_guarded(shared, &batch.rows);
-    let elapsed = started.elapsed();
+/// Counts one model batch (forward or gradient) in the counters, the metrics and the queue's
+/// throughput estimate.
+fn record_batch(shared: &Shared, rows: usize, padded_tokens: usize, elapsed: Duration) {
     shared.counters.batches.fetch_add(1, Ordering::Relaxed);
     shared
         .counters
         .rows_evaluated
-        .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
+        .fetch_add(rows as u64, Ordering::Relaxed);
     counter!(metric::BATCHES).increment(1);
-    histogram!(metric::BATCH_ROWS).record(batch.rows.len() as f64);
-    histogram!(metric::BATCH_TOKENS).record(batch.padded_tokens() as f64);
+    histogram!(metric::BATCH_ROWS).record(rows as f64);
+    histogram!(metric::BATCH_TOKENS).record(padded_tokens as f64);
     histogram!(metric::INFERENCE_SECONDS).record(elapsed.as_secs_f64());
-    lock(&shared.queue).record_throughput(batch.rows.len(), elapsed);
+    lock(&shared.queue).record_throughput(rows, elapsed);
+}
+
+fn run_forward(shared: &Shared, batch: Batch) {
+    let started = Instant::now();
+    let result = forward_guarded(shared, &batch.rows);
+    let elapsed = started.elapsed();
+    record_batch(shared, batch.rows.len(), batch.padded_tokens(), elapsed);
 
     match result {
         Ok(outputs) => {
@@ -181,16 +187,7 @@ fn run_gradient(shared: &Shared, batch: GradientBatch) {
         None => Err("this engine has no gradient model".into()),
     };
     let elapsed = started.elapsed();
-    shared.counters.batches.fetch_add(1, Ordering::Relaxed);
-    shared
-        .counters
-        .rows_evaluated
-        .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
-    counter!(metric::BATCHES).increment(1);
-    histogram!(metric::BATCH_ROWS).record(batch.rows.len() as f64);
-    histogram!(metric::BATCH_TOKENS).record(batch.padded_tokens() as f64);
-    histogram!(metric::INFERENCE_SECONDS).record(elapsed.as_secs_f64());
-    lock(&shared.queue).record_throughput(batch.rows.len(), elapsed);
+    record_batch(shared, batch.rows.len(), batch.padded_tokens(), elapsed);
     match result {
         Ok(outputs) => {
             let results: Vec<(usize, usize, &RowGradient)> = batch
