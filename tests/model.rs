@@ -473,31 +473,32 @@ fn rows_that_do_not_ask_get_no_attentions() {
     assert!(out[1].attentions.is_some());
 }
 
+/// The 80 labelled sentences as rows of `m`'s tokenizer, and whether each is positive.
+fn sentiment_eval(m: &LoadedModel) -> (Vec<Row>, Vec<bool>) {
+    let data = std::fs::read_to_string(fixture("sentiment_eval.jsonl")).unwrap();
+    data.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let text = v["text"].as_str().unwrap();
+            let label = v["label"].as_str().unwrap();
+            assert!(label == "positive" || label == "negative", "label {label}");
+            (
+                Row::new(m.encoder.encode(text, false).unwrap().ids),
+                label == "positive",
+            )
+        })
+        .unzip()
+}
+
 #[test]
 fn default_model_reaches_reference_accuracy() {
     let m = minilm();
-    let data = std::fs::read_to_string(fixture("sentiment_eval.jsonl")).unwrap();
-    let mut rows = Vec::new();
-    let mut gold = Vec::new();
-    for line in data.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).unwrap();
-        rows.push(Row::new(
-            m.encoder
-                .encode(v["text"].as_str().unwrap(), false)
-                .unwrap()
-                .ids,
-        ));
-        gold.push(v["label"].as_str().unwrap().to_string());
-    }
+    let (rows, gold) = sentiment_eval(m);
     let mut correct = 0;
     for (chunk, g) in rows.chunks(16).zip(gold.chunks(16)) {
-        for (o, label) in m.classifier.forward(chunk).unwrap().iter().zip(g) {
-            let best = if o.probabilities[1] > o.probabilities[0] {
-                "positive"
-            } else {
-                "negative"
-            };
-            correct += usize::from(best == label);
+        for (o, positive) in m.classifier.forward(chunk).unwrap().iter().zip(g) {
+            correct += usize::from((o.probabilities[1] > o.probabilities[0]) == *positive);
         }
     }
     assert_eq!(rows.len(), 80);
@@ -730,15 +731,7 @@ fn invalid_zero_shot_config_is_rejected() {
 #[test]
 fn reduced_matmul_precisions_stay_close_to_f32_on_the_default_model() {
     let exact = minilm();
-    let data = std::fs::read_to_string(fixture("sentiment_eval.jsonl")).unwrap();
-    let mut rows = Vec::new();
-    let mut gold = Vec::new();
-    for line in data.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).unwrap();
-        let text = v["text"].as_str().unwrap();
-        rows.push(Row::new(exact.encoder.encode(text, false).unwrap().ids));
-        gold.push(v["label"].as_str().unwrap() == "positive");
-    }
+    let (rows, gold) = sentiment_eval(exact);
     // (precision, bound on |p difference|, fewest labels kept, accuracy within)
     for (precision, max_bound, min_agree, accuracy_slack) in [
         (Precision::High, 1e-4, 80, 0),
