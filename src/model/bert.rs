@@ -296,8 +296,6 @@ pub struct Encoder {
     activation: Activation,
     /// Composite LayerNorm and softmax everywhere, so gradients flow to the input.
     differentiable: bool,
-    /// How inference multiplies the dense layers ([`Encoder::use_amx`]); `None`: f32 gemm.
-    amx_planes: Option<Planes>,
     device: Device,
 }
 
@@ -338,7 +336,6 @@ impl Encoder {
             layers,
             activation: Activation::from_name(&config.hidden_act),
             differentiable,
-            amx_planes: None,
             device: vb.device().clone(),
         })
     }
@@ -355,20 +352,6 @@ impl Encoder {
         if !amx::available() || self.dtype() != DType::F32 {
             return Ok(false);
         }
-        self.pack_amx(planes)?;
-        self.amx_planes = Some(planes);
-        Ok(true)
-    }
-
-    /// The AMX form of the dense layers, if [`Encoder::use_amx`] switched it on.
-    pub fn amx_planes(&self) -> Option<Planes> {
-        self.amx_planes
-    }
-
-    fn pack_amx(&mut self, planes: Planes) -> candle_core::Result<()> {
-        if self.dtype() != DType::F32 {
-            candle_core::bail!("AMX kernels need f32 weights, not {:?}", self.dtype());
-        }
         for layer in &mut self.layers {
             for dense in [
                 &mut layer.qkv,
@@ -379,7 +362,7 @@ impl Encoder {
                 dense.pack_bf16(planes)?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     pub fn differentiable(&self) -> bool {
