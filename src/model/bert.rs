@@ -483,14 +483,24 @@ impl Encoder {
             };
             let attn = layer.attn_out.forward_fast(&ctx, fast)?;
             x = layer.attn_norm.add_forward(&attn, &x, differentiable)?;
-            let inter = match self.activation {
-                Activation::GeluErf if fast => kernels::bias_gelu_inplace(
-                    &layer.ffn_in.matmul_fast(&x, fast)?,
-                    &layer.ffn_in.bias,
-                )?,
-                act => act.forward(&layer.ffn_in.forward_fast(&x, fast)?)?,
+            let out = match (self.activation, &layer.ffn_in.bf16, &layer.ffn_out.bf16) {
+                // Both products on AMX tiles with the GELU in between fused.
+                (Activation::GeluErf, Some(inner), Some(outer))
+                    if fast && x.dtype() == DType::F32 =>
+                {
+                    amx::feed_forward_gelu(&x, inner, outer)?
+                }
+                (act, _, _) => {
+                    let inter = match act {
+                        Activation::GeluErf if fast => kernels::bias_gelu_inplace(
+                            &layer.ffn_in.matmul_fast(&x, fast)?,
+                            &layer.ffn_in.bias,
+                        )?,
+                        act => act.forward(&layer.ffn_in.forward_fast(&x, fast)?)?,
+                    };
+                    layer.ffn_out.forward_fast(&inter, fast)?
+                }
             };
-            let out = layer.ffn_out.forward_fast(&inter, fast)?;
             x = layer.out_norm.add_forward(&out, &x, differentiable)?;
         }
         Ok(EncoderOutput {

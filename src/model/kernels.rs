@@ -67,7 +67,7 @@ fn exp_f32(x: f32) -> f32 {
 
 /// Exact-form GELU `x/2 (1 + erf(x/sqrt 2))` with erf from Abramowitz-Stegun 7.1.26.
 #[inline(always)]
-fn gelu_f32(x: f32) -> f32 {
+pub(crate) fn gelu_f32(x: f32) -> f32 {
     let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * z);
     let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t
@@ -531,20 +531,25 @@ impl CustomOp3 for FusedAttention {
     }
 }
 
-/// In-place masked softmax over the rows of an `L x L` block.
-fn masked_softmax_dispatch_rows(block: &mut [f32], key_bias: &[f32], scale: f32) {
+#[inline(always)]
+fn masked_softmax_block(block: &mut [f32], key_bias: &[f32], scale: f32) {
     let n = key_bias.len();
-    let mut tmp = [0f32; 512];
     for row in block.chunks_exact_mut(n) {
-        if n <= tmp.len() {
-            tmp[..n].copy_from_slice(row);
-            masked_softmax_dispatch(&tmp[..n], key_bias, scale, row);
-        } else {
-            let src = row.to_vec();
-            masked_softmax_dispatch(&src, key_bias, scale, row);
+        for (d, b) in row.iter_mut().zip(key_bias) {
+            *d = *d * scale + *b;
+        }
+        let max = lane_max(row);
+        for d in row.iter_mut() {
+            *d = exp_f32(*d - max);
+        }
+        let inv = 1.0 / lane_sum(row);
+        for d in row.iter_mut() {
+            *d *= inv;
         }
     }
 }
+multiversion!(masked_softmax_dispatch_rows, masked_softmax_block,
+    (block: &mut [f32], key_bias: &[f32], scale: f32));
 
 /// Attention context `[B, L, H]` from `qkv` `[B, L, 3H]`, the key bias `[B, L]` and the
 /// per-row head keep factors `[B, heads]` (1 keeps a head, 0 switches it off).
