@@ -20,6 +20,9 @@ use super::amx::{self, PackedBf16, Planes};
 use super::config::{Architecture, EncoderConfig};
 use super::kernels;
 
+mod backward;
+pub use backward::{PackedInput, Tape};
+
 /// Additive bias for padded keys: finite, so `exp` stays on its fast path.
 const MASK_BIAS: f64 = -1e4;
 

@@ -16,7 +16,7 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::bert::ForwardOptions;
+use super::bert::{ForwardOptions, PackedInput};
 use super::heads::{BatchTensors, EncoderClassifier};
 use super::{ModelError, ProblemType, Row};
 
@@ -107,7 +107,28 @@ pub fn input_gradients(
             differentiable: true,
         },
     )?;
-    let logits = model.head().forward(&out.last_hidden_state, &batch.mask)?;
+    let picked = picked_outputs(model, &out.last_hidden_state, &batch.mask, targets, output)?;
+    let grads = picked.sum_all()?.backward()?;
+    let gradient = grads.get(var.as_tensor()).cloned().ok_or_else(|| {
+        candle_core::Error::Msg(
+            "no gradient reached the input embeddings (a fused kernel cut the graph)".into(),
+        )
+    })?;
+    Ok((picked.detach(), gradient))
+}
+
+/// Each row's differentiated output `[B]` from the last hidden states `[B, L, H]`: the head,
+/// then (for [`OutputKind::Probability`]) the probabilities, then the target's entry.
+fn picked_outputs(
+    model: &EncoderClassifier,
+    hidden: &Tensor,
+    mask: &Tensor,
+    targets: &[usize],
+    output: OutputKind,
+) -> candle_core::Result<Tensor> {
+    let b = targets.len();
+    let labels = model.info_labels();
+    let logits = model.head().forward(hidden, mask)?;
     let scores = match output {
         OutputKind::Logit => logits,
         OutputKind::Probability => differentiable_probabilities(model.problem_type(), &logits)?,
@@ -118,14 +139,7 @@ pub fn input_gradients(
     }
     let onehot =
         Tensor::from_vec(onehot, (b, labels), scores.device())?.to_dtype(scores.dtype())?;
-    let picked = (scores * onehot)?.sum(1)?; // [B]
-    let grads = picked.sum_all()?.backward()?;
-    let gradient = grads.get(var.as_tensor()).cloned().ok_or_else(|| {
-        candle_core::Error::Msg(
-            "no gradient reached the input embeddings (a fused kernel cut the graph)".into(),
-        )
-    })?;
-    Ok((picked.detach(), gradient))
+    (scores * onehot)?.sum(1)
 }
 
 /// Probabilities from scores with operations that all have a backward pass.
@@ -187,6 +201,16 @@ impl GradientModel for EncoderClassifier {
                 )));
             }
         }
+        if self.encoder().dtype() == DType::F32 {
+            self.taped_gradients(rows, output)
+        } else {
+            self.autograd_gradients(rows, output)
+        }
+    }
+}
+
+impl EncoderClassifier {
+    fn plain_batch(&self, rows: &[GradientRow]) -> Result<BatchTensors, ModelError> {
         let plain: Vec<Row> = rows
             .iter()
             .map(|r| Row {
@@ -194,7 +218,18 @@ impl GradientModel for EncoderClassifier {
                 ..Row::new(r.ids.clone())
             })
             .collect();
-        let batch = self.batch(&plain)?;
+        self.batch(&plain)
+    }
+
+    /// The gradient path through candle's autograd on a padded batch: the reference
+    /// implementation, and what non-f32 weights (the f64 finite-difference tests) take.
+    pub fn autograd_gradients(
+        &self,
+        rows: &[GradientRow],
+        output: OutputKind,
+    ) -> Result<Vec<RowGradient>, ModelError> {
+        let h = self.hidden_size();
+        let batch = self.plain_batch(rows)?;
         let l = batch.lengths.iter().copied().max().unwrap_or(0);
         let mut flat = vec![0f32; rows.len() * l * h];
         for (i, r) in rows.iter().enumerate() {
@@ -216,6 +251,74 @@ impl GradientModel for EncoderClassifier {
             .map(|(i, r)| RowGradient {
                 output: outputs[i],
                 gradient: gradient[i * l * h..i * l * h + r.len() * h].to_vec(),
+            })
+            .collect())
+    }
+
+    /// The gradient path written out by hand ([`crate::model::bert::Tape`]): the encoder's
+    /// forward pass over the rows packed without padding, the head and the output on candle's
+    /// autograd (from a variable holding the last hidden states), then the encoder's backward
+    /// pass for the input only.
+    pub fn taped_gradients(
+        &self,
+        rows: &[GradientRow],
+        output: OutputKind,
+    ) -> Result<Vec<RowGradient>, ModelError> {
+        let h = self.hidden_size();
+        let batch = self.plain_batch(rows)?;
+        let lens: Vec<usize> = rows.iter().map(GradientRow::len).collect();
+        let ids: Vec<u32> = rows.iter().flat_map(|r| r.ids.iter().copied()).collect();
+        let type_ids: Vec<u32> = rows
+            .iter()
+            .flat_map(|r| r.type_ids.iter().copied())
+            .collect();
+        let embeddings: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| r.embeddings.iter().copied())
+            .collect();
+        let (hidden, tape) = self.encoder().forward_taped(&PackedInput {
+            lens: &lens,
+            ids: &ids,
+            type_ids: &type_ids,
+            embeddings: &embeddings,
+        })?;
+        // The head on autograd, from the hidden states padded to a batch.
+        let l = lens.iter().copied().max().unwrap_or(0);
+        let mut padded = vec![0f32; rows.len() * l * h];
+        let mut at = 0;
+        for (i, &len) in lens.iter().enumerate() {
+            padded[i * l * h..(i * l + len) * h].copy_from_slice(&hidden[at * h..(at + len) * h]);
+            at += len;
+        }
+        let device = self.encoder().device();
+        let var = Var::from_tensor(&Tensor::from_vec(padded, (rows.len(), l, h), device)?)?;
+        let targets: Vec<usize> = rows.iter().map(|r| r.target).collect();
+        let picked = picked_outputs(self, var.as_tensor(), &batch.mask, &targets, output)?;
+        let grads = picked.sum_all()?.backward()?;
+        let d_hidden = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| {
+                ModelError::InvalidRow("the head's output does not depend on its input".into())
+            })?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut packed = Vec::with_capacity(hidden.len());
+        for (i, &len) in lens.iter().enumerate() {
+            packed.extend_from_slice(&d_hidden[i * l * h..(i * l + len) * h]);
+        }
+        let gradient = tape.backward(packed)?;
+        let outputs = picked.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let mut at = 0;
+        Ok(lens
+            .iter()
+            .zip(outputs)
+            .map(|(&len, output)| {
+                let g = gradient[at * h..(at + len) * h].to_vec();
+                at += len;
+                RowGradient {
+                    output,
+                    gradient: g,
+                }
             })
             .collect())
     }

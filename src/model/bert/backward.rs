@@ -1,0 +1,615 @@
+//! The gradient path written out by hand: one forward pass that keeps what the backward pass
+//! needs, and a backward pass for the input only (no weight gradients, no autograd graph).
+//!
+//! candle's autograd spent most of an integrated-gradients request on bookkeeping: a zeroed
+//! gradient buffer and an add per use of every tensor, layout copies around the attention,
+//! one op per element-wise step. Here the rows are packed without padding (`T` tokens in all,
+//! each row attending over its own length), every buffer is written once, and the products are
+//! the inference path's: AMX tiles with `W` and `W^T` packed under `high`, the f32 gemm
+//! otherwise. The definitions are those of [`super::Encoder::forward`] (post-LayerNorm BERT,
+//! DistilBERT and RoBERTa layers); the head stays on candle's autograd (it is cheap, and one
+//! code path serves every head), see [`crate::model::gradients`].
+
+use candle_core::{CpuStorage, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::{Activation, Dense, Encoder, Norm};
+use crate::model::config::Architecture;
+use crate::model::kernels::{erf_f32, exp_f32};
+
+/// Token rows packed back to back: `lens[i]` tokens for row `i`.
+pub struct PackedInput<'a> {
+    pub lens: &'a [usize],
+    pub ids: &'a [u32],
+    pub type_ids: &'a [u32],
+    /// `[T, hidden]`: the word embeddings to differentiate at.
+    pub embeddings: &'a [f32],
+}
+
+/// What the backward pass needs from one layer's forward pass.
+struct LayerCache {
+    /// `[T, 3H]`: queries, keys and values.
+    qkv: Vec<f32>,
+    /// Per row, `heads x len x len` attention probabilities, rows back to back.
+    probs: Vec<f32>,
+    norm1: NormCache,
+    /// `[T, I]`: the feed-forward pre-activation.
+    pre: Vec<f32>,
+    norm2: NormCache,
+}
+
+/// A LayerNorm's normalised input `[T, H]` and reciprocal standard deviations `[T]`.
+struct NormCache {
+    xhat: Vec<f32>,
+    rstd: Vec<f32>,
+}
+
+/// The forward pass's record, from which [`Tape::backward`] runs.
+pub struct Tape<'e> {
+    encoder: &'e Encoder,
+    lens: Vec<usize>,
+    embed_norm: NormCache,
+    layers: Vec<LayerCache>,
+}
+
+/// Runs `f` on the f32 values of a contiguous CPU tensor without copying them.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (guard, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*guard else {
+        candle_core::bail!("gradient path: the weights must be f32 on the CPU")
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("gradient path: the weights must be contiguous")
+    };
+    Ok(f(&data[a..b]))
+}
+
+fn threads() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+impl Dense {
+    /// Whether the gradient path runs this layer on AMX tiles (`W` and `W^T` both packed).
+    fn amx_pair(
+        &self,
+    ) -> Option<(
+        &crate::model::amx::PackedBf16,
+        &crate::model::amx::PackedBf16,
+    )> {
+        match (&self.bf16, &self.bf16_t) {
+            (Some(f), Some(b)) => Some((f, b)),
+            _ => None,
+        }
+    }
+
+    /// `x @ W + b` for `n` rows.
+    fn forward_rows(&self, x: &[f32], n: usize) -> candle_core::Result<Vec<f32>> {
+        let (k, m) = self.weight_t.dims2()?;
+        let mut out = vec![0f32; n * m];
+        if let Some((fwd, _)) = self.amx_pair() {
+            fwd.matmul_into(x, n, true, &mut out);
+            return Ok(out);
+        }
+        with_values(&self.bias, |bias| {
+            for row in out.chunks_exact_mut(m) {
+                row.copy_from_slice(bias);
+            }
+        })?;
+        with_values(&self.weight_t, |w| {
+            // SAFETY: `out` is `n x m`, `x` is `n x k`, `w` is `k x m`, all row-major.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    m,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    m as isize,
+                    true,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    1,
+                    m as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    threads(),
+                )
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// `dy @ W^T` for `n` rows: the input's gradient.
+    fn input_grad_rows(&self, dy: &[f32], n: usize) -> candle_core::Result<Vec<f32>> {
+        let (k, m) = self.weight_t.dims2()?;
+        let mut out = vec![0f32; n * k];
+        if let Some((_, bwd)) = self.amx_pair() {
+            bwd.matmul_into(dy, n, false, &mut out);
+            return Ok(out);
+        }
+        with_values(&self.weight_t, |w| {
+            // SAFETY: `out` is `n x k`, `dy` is `n x m`; `W^T` element (i, j) is `w[j * m + i]`.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    k,
+                    m,
+                    out.as_mut_ptr(),
+                    1,
+                    k as isize,
+                    false,
+                    dy.as_ptr(),
+                    1,
+                    m as isize,
+                    w.as_ptr(),
+                    m as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    threads(),
+                )
+            }
+        })?;
+        Ok(out)
+    }
+}
+
+/// Rows per rayon task for row-wise loops over `width` values.
+fn rows_per_task(width: usize) -> usize {
+    (16 * 1024 / width.max(1)).max(1)
+}
+
+impl Norm {
+    /// `LayerNorm(x)` in place, keeping `xhat` and `rstd` for the backward pass.
+    fn forward_keep(&self, x: &mut [f32], h: usize) -> candle_core::Result<NormCache> {
+        let t = x.len() / h;
+        let mut xhat = vec![0f32; t * h];
+        let mut rstd = vec![0f32; t];
+        let eps = self.eps as f32;
+        with_values(&self.weight, |g| {
+            with_values(&self.bias, |b| {
+                let rows = rows_per_task(h);
+                x.par_chunks_mut(rows * h)
+                    .zip(xhat.par_chunks_mut(rows * h))
+                    .zip(rstd.par_chunks_mut(rows))
+                    .for_each(|((x, xh), rs)| {
+                        for ((x, xh), rs) in
+                            x.chunks_exact_mut(h).zip(xh.chunks_exact_mut(h)).zip(rs)
+                        {
+                            let mean = x.iter().sum::<f32>() / h as f32;
+                            let var =
+                                x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+                            let r = 1.0 / (var + eps).sqrt();
+                            *rs = r;
+                            for (((x, xh), g), b) in x.iter_mut().zip(xh.iter_mut()).zip(g).zip(b) {
+                                *xh = (*x - mean) * r;
+                                *x = *xh * g + b;
+                            }
+                        }
+                    });
+            })
+        })??;
+        Ok(NormCache { xhat, rstd })
+    }
+
+    /// The input's gradient from the output's, in place:
+    /// `dx = rstd (g - mean(g) - xhat mean(g xhat))` with `g = dy * gamma`.
+    fn backward(&self, dy: &mut [f32], cache: &NormCache, h: usize) -> candle_core::Result<()> {
+        with_values(&self.weight, |gamma| {
+            let rows = rows_per_task(h);
+            dy.par_chunks_mut(rows * h)
+                .zip(cache.xhat.par_chunks(rows * h))
+                .zip(cache.rstd.par_chunks(rows))
+                .for_each(|((dy, xh), rs)| {
+                    for ((dy, xh), r) in dy.chunks_exact_mut(h).zip(xh.chunks_exact(h)).zip(rs) {
+                        let mut m1 = 0f32;
+                        let mut m2 = 0f32;
+                        for ((d, x), g) in dy.iter_mut().zip(xh).zip(gamma) {
+                            *d *= g;
+                            m1 += *d;
+                            m2 += *d * x;
+                        }
+                        m1 /= h as f32;
+                        m2 /= h as f32;
+                        for (d, x) in dy.iter_mut().zip(xh) {
+                            *d = r * (*d - m1 - x * m2);
+                        }
+                    }
+                });
+        })
+    }
+}
+
+impl Activation {
+    fn value(self, x: f32) -> f32 {
+        match self {
+            Activation::GeluErf => crate::model::kernels::gelu_f32(x),
+            Activation::GeluTanh => {
+                let t = gelu_tanh_inner(x).tanh();
+                0.5 * x * (1.0 + t)
+            }
+            Activation::Relu => x.max(0.0),
+        }
+    }
+
+    fn derivative(self, x: f32) -> f32 {
+        match self {
+            Activation::GeluErf => {
+                const INV_SQRT_2PI: f32 = 0.398_942_3;
+                let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
+            }
+            Activation::GeluTanh => {
+                const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+                let t = gelu_tanh_inner(x).tanh();
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044_715 * x * x)
+            }
+            Activation::Relu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+fn gelu_tanh_inner(x: f32) -> f32 {
+    0.797_884_6 * (x + 0.044_715 * x * x * x)
+}
+
+/// A raw pointer shared by attention tasks that write disjoint blocks.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every task writes only its own (row, head) block; see the callers.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+impl Encoder {
+    /// The forward pass of packed rows, keeping what [`Tape::backward`] needs; returns the
+    /// last hidden states `[T, hidden]` and the tape. f32 weights only (callers check).
+    pub fn forward_taped(&self, input: &PackedInput) -> candle_core::Result<(Vec<f32>, Tape<'_>)> {
+        let h = self.config.hidden_size;
+        let nh = self.config.num_heads;
+        let hd = h / nh;
+        let t: usize = input.lens.iter().sum();
+        if input.ids.len() != t || input.type_ids.len() != t || input.embeddings.len() != t * h {
+            candle_core::bail!("gradient path: packed rows of inconsistent sizes");
+        }
+        // Embeddings: words (given) + positions + token types, then LayerNorm.
+        let mut x = input.embeddings.to_vec();
+        with_values(&self.position_embeddings, |pos| {
+            let mut at = 0;
+            for &len in input.lens {
+                for i in 0..len {
+                    let p = match self.config.architecture {
+                        Architecture::Roberta => self.config.pad_token_id as usize + 1 + i,
+                        _ => i,
+                    };
+                    let row = &mut x[(at + i) * h..(at + i + 1) * h];
+                    row.iter_mut()
+                        .zip(&pos[p * h..(p + 1) * h])
+                        .for_each(|(x, p)| *x += p);
+                }
+                at += len;
+            }
+        })?;
+        if let Some(tt) = &self.token_type_embeddings {
+            with_values(tt, |types| {
+                for (row, &ty) in x.chunks_exact_mut(h).zip(input.type_ids) {
+                    let ty = ty as usize;
+                    row.iter_mut()
+                        .zip(&types[ty * h..(ty + 1) * h])
+                        .for_each(|(x, e)| *x += e);
+                }
+            })?;
+        }
+        let embed_norm = self.embed_norm.forward_keep(&mut x, h)?;
+
+        let offsets: Vec<usize> = input
+            .lens
+            .iter()
+            .scan(0, |acc, &l| {
+                let start = *acc;
+                *acc += l;
+                Some(start)
+            })
+            .collect();
+        let prob_offsets: Vec<usize> = input
+            .lens
+            .iter()
+            .scan(0, |acc, &l| {
+                let start = *acc;
+                *acc += nh * l * l;
+                Some(start)
+            })
+            .collect();
+        let prob_len: usize = input.lens.iter().map(|l| nh * l * l).sum();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward_rows(&x, t)?;
+            let mut probs = vec![0f32; prob_len];
+            let mut ctx = vec![0f32; t * h];
+            let (pp, cp) = (Shared(probs.as_mut_ptr()), Shared(ctx.as_mut_ptr()));
+            (0..input.lens.len() * nh).into_par_iter().for_each(|task| {
+                let (r, head) = (task / nh, task % nh);
+                let (len, t0) = (input.lens[r], offsets[r]);
+                let p = pp.at(prob_offsets[r] + head * len * len);
+                let base = t0 * 3 * h + head * hd;
+                // SAFETY: Q, K, V of this row and head lie in `qkv`; this task alone writes
+                // its `len x len` probabilities and its `len x hd` block of `ctx`.
+                unsafe {
+                    let q = qkv.as_ptr().add(base);
+                    let k = q.add(h);
+                    let v = q.add(2 * h);
+                    gemm::gemm(
+                        len,
+                        len,
+                        hd,
+                        p,
+                        1,
+                        len as isize,
+                        false,
+                        q,
+                        1,
+                        3 * h as isize,
+                        k,
+                        3 * h as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    let block = std::slice::from_raw_parts_mut(p, len * len);
+                    for row in block.chunks_exact_mut(len) {
+                        let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+                        let mut sum = 0f32;
+                        for v in row.iter_mut() {
+                            *v = exp_f32(*v - max);
+                            sum += *v;
+                        }
+                        let inv = 1.0 / sum;
+                        row.iter_mut().for_each(|v| *v *= inv);
+                    }
+                    gemm::gemm(
+                        len,
+                        hd,
+                        len,
+                        cp.at(t0 * h + head * hd),
+                        1,
+                        h as isize,
+                        false,
+                        p,
+                        1,
+                        len as isize,
+                        v,
+                        1,
+                        3 * h as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+            let mut attn = layer.attn_out.forward_rows(&ctx, t)?;
+            attn.par_iter_mut().zip(&x).for_each(|(a, x)| *a += x);
+            let norm1 = layer.attn_norm.forward_keep(&mut attn, h)?;
+            let h1 = attn;
+            let pre = layer.ffn_in.forward_rows(&h1, t)?;
+            let act = self.activation;
+            let inter: Vec<f32> = pre.par_iter().map(|&u| act.value(u)).collect();
+            let mut out = layer.ffn_out.forward_rows(&inter, t)?;
+            out.par_iter_mut().zip(&h1).for_each(|(o, r)| *o += r);
+            let norm2 = layer.out_norm.forward_keep(&mut out, h)?;
+            x = out;
+            layers.push(LayerCache {
+                qkv,
+                probs,
+                norm1,
+                pre,
+                norm2,
+            });
+        }
+        Ok((
+            x,
+            Tape {
+                encoder: self,
+                lens: input.lens.to_vec(),
+                embed_norm,
+                layers,
+            },
+        ))
+    }
+}
+
+impl Tape<'_> {
+    /// The gradient with respect to the word embeddings `[T, hidden]`, given the gradient with
+    /// respect to the last hidden states `[T, hidden]`.
+    pub fn backward(self, mut grad: Vec<f32>) -> candle_core::Result<Vec<f32>> {
+        let enc = self.encoder;
+        let h = enc.config.hidden_size;
+        let nh = enc.config.num_heads;
+        let hd = h / nh;
+        let t: usize = self.lens.iter().sum();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let offsets: Vec<usize> = self
+            .lens
+            .iter()
+            .scan(0, |acc, &l| {
+                let start = *acc;
+                *acc += l;
+                Some(start)
+            })
+            .collect();
+        let prob_offsets: Vec<usize> = self
+            .lens
+            .iter()
+            .scan(0, |acc, &l| {
+                let start = *acc;
+                *acc += nh * l * l;
+                Some(start)
+            })
+            .collect();
+        for (layer, cache) in enc.layers.iter().zip(&self.layers).rev() {
+            // out = LN2(ffn_out(act(ffn_in(h1))) + h1)
+            layer.out_norm.backward(&mut grad, &cache.norm2, h)?;
+            let mut d_inter = layer.ffn_out.input_grad_rows(&grad, t)?;
+            let act = enc.activation;
+            d_inter
+                .par_iter_mut()
+                .zip(&cache.pre)
+                .for_each(|(d, &u)| *d *= act.derivative(u));
+            let d_h1 = layer.ffn_in.input_grad_rows(&d_inter, t)?;
+            grad.par_iter_mut().zip(&d_h1).for_each(|(g, d)| *g += d);
+            // h1 = LN1(attn_out(ctx) + x)
+            layer.attn_norm.backward(&mut grad, &cache.norm1, h)?;
+            let d_ctx = layer.attn_out.input_grad_rows(&grad, t)?;
+            let mut d_qkv = vec![0f32; t * 3 * h];
+            let dq = Shared(d_qkv.as_mut_ptr());
+            let qkv = &cache.qkv;
+            let probs = &cache.probs;
+            let lens = &self.lens;
+            (0..lens.len() * nh).into_par_iter().for_each_init(
+                Vec::<f32>::new,
+                |d_scores, task| {
+                    let (r, head) = (task / nh, task % nh);
+                    let (len, t0) = (lens[r], offsets[r]);
+                    let p = &probs[prob_offsets[r] + head * len * len..][..len * len];
+                    let base = t0 * 3 * h + head * hd;
+                    d_scores.resize(len * len, 0.0);
+                    // SAFETY: reads stay inside `qkv`, `d_ctx` and `p`; this task alone writes
+                    // the Q, K and V columns of its head in its rows of `d_qkv`.
+                    unsafe {
+                        let q = qkv.as_ptr().add(base);
+                        let k = q.add(h);
+                        let v = q.add(2 * h);
+                        let dc = d_ctx.as_ptr().add(t0 * h + head * hd);
+                        // dP = dctx v^T
+                        gemm::gemm(
+                            len,
+                            len,
+                            hd,
+                            d_scores.as_mut_ptr(),
+                            1,
+                            len as isize,
+                            false,
+                            dc,
+                            1,
+                            h as isize,
+                            v,
+                            3 * h as isize,
+                            1,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                        // dV = P^T dctx
+                        gemm::gemm(
+                            len,
+                            hd,
+                            len,
+                            dq.at(base + 2 * h),
+                            1,
+                            3 * h as isize,
+                            false,
+                            p.as_ptr(),
+                            len as isize,
+                            1,
+                            dc,
+                            1,
+                            h as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                        // dS = P (dP - rowsum(dP P)) * scale
+                        for (ds, pr) in d_scores.chunks_exact_mut(len).zip(p.chunks_exact(len)) {
+                            let dot: f32 = ds.iter().zip(pr).map(|(d, p)| d * p).sum();
+                            for (d, p) in ds.iter_mut().zip(pr) {
+                                *d = p * (*d - dot) * scale;
+                            }
+                        }
+                        // dQ = dS K, dK = dS^T Q
+                        gemm::gemm(
+                            len,
+                            hd,
+                            len,
+                            dq.at(base),
+                            1,
+                            3 * h as isize,
+                            false,
+                            d_scores.as_ptr(),
+                            1,
+                            len as isize,
+                            k,
+                            1,
+                            3 * h as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                        gemm::gemm(
+                            len,
+                            hd,
+                            len,
+                            dq.at(base + h),
+                            1,
+                            3 * h as isize,
+                            false,
+                            d_scores.as_ptr(),
+                            len as isize,
+                            1,
+                            q,
+                            1,
+                            3 * h as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                },
+            );
+            let d_x = layer.qkv.input_grad_rows(&d_qkv, t)?;
+            grad.par_iter_mut().zip(&d_x).for_each(|(g, d)| *g += d);
+        }
+        enc.embed_norm.backward(&mut grad, &self.embed_norm, h)?;
+        Ok(grad)
+    }
+}
