@@ -198,6 +198,183 @@ fn add_layer_norm_rows(buf: &mut [f32], res: &[f32], gamma: &[f32], beta: &[f32]
 multiversion!(add_layer_norm_dispatch, add_layer_norm_rows,
     (buf: &mut [f32], res: &[f32], gamma: &[f32], beta: &[f32], eps: f32));
 
+// ---------------------------------------------------------------- the taped gradient path
+
+#[inline(always)]
+fn gelu_erf_rows_body(src: &[f32], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = gelu_f32(*s);
+    }
+}
+multiversion!(gelu_erf_rows_dispatch, gelu_erf_rows_body, (src: &[f32], dst: &mut [f32]));
+
+#[inline(always)]
+fn gelu_erf_grad_body(pre: &[f32], grad: &mut [f32]) {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for (g, &x) in grad.iter_mut().zip(pre) {
+        let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+        *g *= cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x);
+    }
+}
+multiversion!(gelu_erf_grad_dispatch, gelu_erf_grad_body, (pre: &[f32], grad: &mut [f32]));
+
+/// `dst = GELU(src)` (exact form), element-wise and parallel.
+pub(crate) fn gelu_erf_into(src: &[f32], dst: &mut [f32]) {
+    const CHUNK: usize = 16 * 1024;
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| gelu_erf_rows_dispatch(s, d));
+}
+
+/// `grad *= GELU'(pre)` (exact form), element-wise and parallel.
+pub(crate) fn gelu_erf_grad_mul(pre: &[f32], grad: &mut [f32]) {
+    const CHUNK: usize = 16 * 1024;
+    grad.par_chunks_mut(CHUNK)
+        .zip(pre.par_chunks(CHUNK))
+        .for_each(|(g, p)| gelu_erf_grad_dispatch(p, g));
+}
+
+#[inline(always)]
+fn softmax_grad_body(probs: &[f32], grad: &mut [f32], len: usize, scale: f32) {
+    for (g, p) in grad.chunks_exact_mut(len).zip(probs.chunks_exact(len)) {
+        let mut acc = [0f32; LANES];
+        let gc = g.chunks_exact(LANES);
+        let tail: f32 = gc
+            .remainder()
+            .iter()
+            .zip(&p[len - len % LANES..])
+            .map(|(g, p)| g * p)
+            .sum();
+        for (gc, pc) in gc.zip(p.chunks_exact(LANES)) {
+            for ((a, g), p) in acc.iter_mut().zip(gc).zip(pc) {
+                *a += g * p;
+            }
+        }
+        let dot = acc.iter().sum::<f32>() + tail;
+        for (g, p) in g.iter_mut().zip(p) {
+            *g = p * (*g - dot) * scale;
+        }
+    }
+}
+multiversion!(softmax_grad_dispatch, softmax_grad_body,
+    (probs: &[f32], grad: &mut [f32], len: usize, scale: f32));
+
+/// Softmax backward over the rows (`len` wide) of a block, in place: the scores' gradient
+/// `p (g - sum(g p)) * scale` from the probabilities' gradient `g` (`scale` is the factor the
+/// scores were multiplied by).
+pub(crate) fn softmax_grad_block(probs: &[f32], grad: &mut [f32], len: usize, scale: f32) {
+    softmax_grad_dispatch(probs, grad, len, scale);
+}
+
+/// Softmax over the rows of an `L x L` block of raw scores, in place, after multiplying them
+/// by `scale` (no mask: the taped path packs rows without padding).
+pub(crate) fn softmax_block(block: &mut [f32], len: usize, scale: f32) {
+    const ZEROS: [f32; 512] = [0.0; 512];
+    if len <= ZEROS.len() {
+        masked_softmax_dispatch_rows(block, &ZEROS[..len], scale);
+    } else {
+        masked_softmax_dispatch_rows(block, &vec![0.0; len], scale);
+    }
+}
+
+#[inline(always)]
+fn layer_norm_keep_body(
+    x: &mut [f32],
+    xhat: &mut [f32],
+    rstd: &mut [f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
+    let h = gamma.len();
+    for ((x, xh), rs) in x
+        .chunks_exact_mut(h)
+        .zip(xhat.chunks_exact_mut(h))
+        .zip(rstd)
+    {
+        let mean = lane_sum(x) / h as f32;
+        for (d, v) in xh.iter_mut().zip(x.iter()) {
+            *d = *v - mean;
+        }
+        let mut var = [0f32; LANES];
+        let chunks = xh.chunks_exact(LANES);
+        let tail: f32 = chunks.remainder().iter().map(|d| d * d).sum();
+        for c in chunks {
+            for (a, d) in var.iter_mut().zip(c) {
+                *a += *d * *d;
+            }
+        }
+        let var = (var.iter().sum::<f32>() + tail) / h as f32;
+        let r = 1.0 / (var + eps).sqrt();
+        *rs = r;
+        for (((x, xh), g), b) in x.iter_mut().zip(xh.iter_mut()).zip(gamma).zip(beta) {
+            *xh *= r;
+            *x = *xh * g + b;
+        }
+    }
+}
+multiversion!(layer_norm_keep_dispatch, layer_norm_keep_body,
+    (x: &mut [f32], xhat: &mut [f32], rstd: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32));
+
+/// LayerNorm over rows of `gamma.len()` values in place, keeping the normalised input and
+/// the reciprocal standard deviations for the backward pass; parallel.
+pub(crate) fn layer_norm_keep(
+    x: &mut [f32],
+    xhat: &mut [f32],
+    rstd: &mut [f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
+    let h = gamma.len();
+    let rows = chunk_rows(h, rstd.len());
+    x.par_chunks_mut(rows * h)
+        .zip(xhat.par_chunks_mut(rows * h))
+        .zip(rstd.par_chunks_mut(rows))
+        .for_each(|((x, xh), rs)| layer_norm_keep_dispatch(x, xh, rs, gamma, beta, eps));
+}
+
+#[inline(always)]
+fn layer_norm_grad_body(dy: &mut [f32], xhat: &[f32], rstd: &[f32], gamma: &[f32]) {
+    let h = gamma.len();
+    for ((dy, xh), r) in dy.chunks_exact_mut(h).zip(xhat.chunks_exact(h)).zip(rstd) {
+        for (d, g) in dy.iter_mut().zip(gamma) {
+            *d *= g;
+        }
+        let m1 = lane_sum(dy) / h as f32;
+        let mut acc = [0f32; LANES];
+        let chunks = dy.chunks_exact(LANES);
+        let tail: f32 = chunks
+            .remainder()
+            .iter()
+            .zip(&xh[h - h % LANES..])
+            .map(|(d, x)| d * x)
+            .sum();
+        for (dc, xc) in chunks.zip(xh.chunks_exact(LANES)) {
+            for ((a, d), x) in acc.iter_mut().zip(dc).zip(xc) {
+                *a += d * x;
+            }
+        }
+        let m2 = (acc.iter().sum::<f32>() + tail) / h as f32;
+        for (d, x) in dy.iter_mut().zip(xh) {
+            *d = r * (*d - m1 - x * m2);
+        }
+    }
+}
+multiversion!(layer_norm_grad_dispatch, layer_norm_grad_body,
+    (dy: &mut [f32], xhat: &[f32], rstd: &[f32], gamma: &[f32]));
+
+/// LayerNorm backward for the input, in place: `dx = rstd (g - mean(g) - xhat mean(g xhat))`
+/// with `g = dy * gamma`; parallel.
+pub(crate) fn layer_norm_grad(dy: &mut [f32], xhat: &[f32], rstd: &[f32], gamma: &[f32]) {
+    let h = gamma.len();
+    let rows = chunk_rows(h, rstd.len());
+    dy.par_chunks_mut(rows * h)
+        .zip(xhat.par_chunks(rows * h))
+        .zip(rstd.par_chunks(rows))
+        .for_each(|((dy, xh), rs)| layer_norm_grad_dispatch(dy, xh, rs, gamma));
+}
+
 // ---------------------------------------------------------------- candle custom ops
 
 /// The whole buffer of a contiguous f32 tensor, for in-place kernels.

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::{Activation, Dense, Encoder, Norm};
 use crate::model::config::Architecture;
-use crate::model::kernels::{erf_f32, exp_f32};
+use crate::model::kernels::{self, erf_f32, exp_f32};
 
 /// Token rows packed back to back: `lens[i]` tokens for row `i`.
 pub struct PackedInput<'a> {
@@ -165,11 +165,6 @@ impl Dense {
     }
 }
 
-/// Rows per rayon task for row-wise loops over `width` values.
-fn rows_per_task(width: usize) -> usize {
-    (16 * 1024 / width.max(1)).max(1)
-}
-
 impl Norm {
     /// `LayerNorm(x)` in place, keeping `xhat` and `rstd` for the backward pass.
     fn forward_keep(&self, x: &mut [f32], h: usize) -> candle_core::Result<NormCache> {
@@ -179,54 +174,16 @@ impl Norm {
         let eps = self.eps as f32;
         with_values(&self.weight, |g| {
             with_values(&self.bias, |b| {
-                let rows = rows_per_task(h);
-                x.par_chunks_mut(rows * h)
-                    .zip(xhat.par_chunks_mut(rows * h))
-                    .zip(rstd.par_chunks_mut(rows))
-                    .for_each(|((x, xh), rs)| {
-                        for ((x, xh), rs) in
-                            x.chunks_exact_mut(h).zip(xh.chunks_exact_mut(h)).zip(rs)
-                        {
-                            let mean = x.iter().sum::<f32>() / h as f32;
-                            let var =
-                                x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
-                            let r = 1.0 / (var + eps).sqrt();
-                            *rs = r;
-                            for (((x, xh), g), b) in x.iter_mut().zip(xh.iter_mut()).zip(g).zip(b) {
-                                *xh = (*x - mean) * r;
-                                *x = *xh * g + b;
-                            }
-                        }
-                    });
+                kernels::layer_norm_keep(x, &mut xhat, &mut rstd, g, b, eps)
             })
         })??;
         Ok(NormCache { xhat, rstd })
     }
 
-    /// The input's gradient from the output's, in place:
-    /// `dx = rstd (g - mean(g) - xhat mean(g xhat))` with `g = dy * gamma`.
-    fn backward(&self, dy: &mut [f32], cache: &NormCache, h: usize) -> candle_core::Result<()> {
+    /// The input's gradient from the output's, in place.
+    fn backward(&self, dy: &mut [f32], cache: &NormCache) -> candle_core::Result<()> {
         with_values(&self.weight, |gamma| {
-            let rows = rows_per_task(h);
-            dy.par_chunks_mut(rows * h)
-                .zip(cache.xhat.par_chunks(rows * h))
-                .zip(cache.rstd.par_chunks(rows))
-                .for_each(|((dy, xh), rs)| {
-                    for ((dy, xh), r) in dy.chunks_exact_mut(h).zip(xh.chunks_exact(h)).zip(rs) {
-                        let mut m1 = 0f32;
-                        let mut m2 = 0f32;
-                        for ((d, x), g) in dy.iter_mut().zip(xh).zip(gamma) {
-                            *d *= g;
-                            m1 += *d;
-                            m2 += *d * x;
-                        }
-                        m1 /= h as f32;
-                        m2 /= h as f32;
-                        for (d, x) in dy.iter_mut().zip(xh) {
-                            *d = r * (*d - m1 - x * m2);
-                        }
-                    }
-                });
+            kernels::layer_norm_grad(dy, &cache.xhat, &cache.rstd, gamma)
         })
     }
 }
@@ -376,23 +333,14 @@ impl Encoder {
                         3 * h as isize,
                         1,
                         0.0,
-                        scale,
+                        1.0,
                         false,
                         false,
                         false,
                         gemm::Parallelism::None,
                     );
                     let block = std::slice::from_raw_parts_mut(p, len * len);
-                    for row in block.chunks_exact_mut(len) {
-                        let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-                        let mut sum = 0f32;
-                        for v in row.iter_mut() {
-                            *v = exp_f32(*v - max);
-                            sum += *v;
-                        }
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|v| *v *= inv);
-                    }
+                    kernels::softmax_block(block, len, scale);
                     gemm::gemm(
                         len,
                         hd,
@@ -422,7 +370,14 @@ impl Encoder {
             let h1 = attn;
             let pre = layer.ffn_in.forward_rows(&h1, t)?;
             let act = self.activation;
-            let inter: Vec<f32> = pre.par_iter().map(|&u| act.value(u)).collect();
+            let inter: Vec<f32> = match act {
+                Activation::GeluErf => {
+                    let mut inter = vec![0f32; pre.len()];
+                    kernels::gelu_erf_into(&pre, &mut inter);
+                    inter
+                }
+                _ => pre.par_iter().map(|&u| act.value(u)).collect(),
+            };
             let mut out = layer.ffn_out.forward_rows(&inter, t)?;
             out.par_iter_mut().zip(&h1).for_each(|(o, r)| *o += r);
             let norm2 = layer.out_norm.forward_keep(&mut out, h)?;
@@ -477,17 +432,19 @@ impl Tape<'_> {
             .collect();
         for (layer, cache) in enc.layers.iter().zip(&self.layers).rev() {
             // out = LN2(ffn_out(act(ffn_in(h1))) + h1)
-            layer.out_norm.backward(&mut grad, &cache.norm2, h)?;
+            layer.out_norm.backward(&mut grad, &cache.norm2)?;
             let mut d_inter = layer.ffn_out.input_grad_rows(&grad, t)?;
-            let act = enc.activation;
-            d_inter
-                .par_iter_mut()
-                .zip(&cache.pre)
-                .for_each(|(d, &u)| *d *= act.derivative(u));
+            match enc.activation {
+                Activation::GeluErf => kernels::gelu_erf_grad_mul(&cache.pre, &mut d_inter),
+                act => d_inter
+                    .par_iter_mut()
+                    .zip(&cache.pre)
+                    .for_each(|(d, &u)| *d *= act.derivative(u)),
+            }
             let d_h1 = layer.ffn_in.input_grad_rows(&d_inter, t)?;
             grad.par_iter_mut().zip(&d_h1).for_each(|(g, d)| *g += d);
             // h1 = LN1(attn_out(ctx) + x)
-            layer.attn_norm.backward(&mut grad, &cache.norm1, h)?;
+            layer.attn_norm.backward(&mut grad, &cache.norm1)?;
             let d_ctx = layer.attn_out.input_grad_rows(&grad, t)?;
             let mut d_qkv = vec![0f32; t * 3 * h];
             let dq = Shared(d_qkv.as_mut_ptr());
@@ -554,12 +511,7 @@ impl Tape<'_> {
                             gemm::Parallelism::None,
                         );
                         // dS = P (dP - rowsum(dP P)) * scale
-                        for (ds, pr) in d_scores.chunks_exact_mut(len).zip(p.chunks_exact(len)) {
-                            let dot: f32 = ds.iter().zip(pr).map(|(d, p)| d * p).sum();
-                            for (d, p) in ds.iter_mut().zip(pr) {
-                                *d = p * (*d - dot) * scale;
-                            }
-                        }
+                        kernels::softmax_grad_block(p, d_scores, len, scale);
                         // dQ = dS K, dK = dS^T Q
                         gemm::gemm(
                             len,
@@ -609,7 +561,7 @@ impl Tape<'_> {
             let d_x = layer.qkv.input_grad_rows(&d_qkv, t)?;
             grad.par_iter_mut().zip(&d_x).for_each(|(g, d)| *g += d);
         }
-        enc.embed_norm.backward(&mut grad, &self.embed_norm, h)?;
+        enc.embed_norm.backward(&mut grad, &self.embed_norm)?;
         Ok(grad)
     }
 }
