@@ -341,13 +341,26 @@ impl PackedBf16 {
     fn multiply_with(&self, a: &[u16], n: usize, np: usize, with_bias: bool, epilogue: Epilogue) {
         let row_blocks = np / BLOCK;
         let col_blocks = self.mp / BLOCK;
+        // Columns are split into one group per thread and each group runs through all rows:
+        // a thread then reads its slice of the weight (under 2 MiB for these models) from L3
+        // once and keeps it in L2, instead of reading the whole weight again for every 32
+        // rows. rayon hands each thread a contiguous range of items, so this order gives each
+        // thread its own group (work stealing moves only the tail).
+        let groups = rayon::current_num_threads().clamp(1, col_blocks);
+        let per_group = col_blocks.div_ceil(groups);
         let work = |item: usize| {
-            let (rb, cb) = (item / col_blocks, item % col_blocks);
-            // SAFETY: AMX is available (asserted by the callers); every task writes its own
-            // block of the output (rows rb*32.., columns cb*32..), inside its bounds.
-            unsafe { self.block(a, rb, cb, n, with_bias, epilogue) };
+            let (group, rest) = (
+                item / (row_blocks * per_group),
+                item % (row_blocks * per_group),
+            );
+            let (rb, cb) = (rest / per_group, group * per_group + rest % per_group);
+            if cb < col_blocks {
+                // SAFETY: AMX is available (asserted by the callers); every task writes its own
+                // block of the output (rows rb*32.., columns cb*32..), inside its bounds.
+                unsafe { self.block(a, rb, cb, n, with_bias, epilogue) };
+            }
         };
-        let items = row_blocks * col_blocks;
+        let items = groups * row_blocks * per_group;
         let flops = 2 * np * self.kp * self.mp * self.planes.products().len();
         if items > 1 && flops >= 1 << 20 {
             (0..items).into_par_iter().for_each(work);

@@ -708,21 +708,59 @@ impl CustomOp3 for FusedAttention {
     }
 }
 
+/// One row of a masked softmax in place: three passes (scale, bias and max; exp and sum;
+/// normalise), each over whole 16-lane chunks. The last partial chunk goes through a padded
+/// copy, so rows whose length is not a multiple of 16 (73 tokens: 4 chunks and 9 left) stay
+/// vectorised instead of ending in a scalar loop that cost as much as the rest of the row.
+#[inline(always)]
+fn masked_softmax_row_inplace(row: &mut [f32], key_bias: &[f32], scale: f32) {
+    let n = row.len();
+    let full = n - n % LANES;
+    let mut tail = [-1e30f32; LANES];
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    for (rc, bc) in row[..full]
+        .chunks_exact_mut(LANES)
+        .zip(key_bias[..full].chunks_exact(LANES))
+    {
+        for ((d, b), m) in rc.iter_mut().zip(bc).zip(mx.iter_mut()) {
+            *d = *d * scale + *b;
+            *m = m.max(*d);
+        }
+    }
+    for (j, (d, b)) in row[full..].iter().zip(&key_bias[full..]).enumerate() {
+        tail[j] = *d * scale + *b;
+    }
+    for (m, t) in mx.iter_mut().zip(&tail) {
+        *m = m.max(*t);
+    }
+    let max = mx.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+    let mut acc = [0f32; LANES];
+    for rc in row[..full].chunks_exact_mut(LANES) {
+        for (d, a) in rc.iter_mut().zip(acc.iter_mut()) {
+            *d = exp_f32(*d - max);
+            *a += *d;
+        }
+    }
+    // Padding lanes hold -1e30: their exp underflows to the smallest normal (~1e-38), far
+    // below the sum's rounding, and is not written back.
+    for (t, a) in tail.iter_mut().zip(acc.iter_mut()) {
+        *t = exp_f32(*t - max);
+        *a += *t;
+    }
+    let inv = 1.0 / acc.iter().sum::<f32>();
+    for d in row[..full].iter_mut() {
+        *d *= inv;
+    }
+    for (d, t) in row[full..].iter_mut().zip(&tail) {
+        *d = *t * inv;
+    }
+}
+
 #[inline(always)]
 fn masked_softmax_block(block: &mut [f32], key_bias: &[f32], scale: f32) {
     let n = key_bias.len();
     for row in block.chunks_exact_mut(n) {
-        for (d, b) in row.iter_mut().zip(key_bias) {
-            *d = *d * scale + *b;
-        }
-        let max = lane_max(row);
-        for d in row.iter_mut() {
-            *d = exp_f32(*d - max);
-        }
-        let inv = 1.0 / lane_sum(row);
-        for d in row.iter_mut() {
-            *d *= inv;
-        }
+        masked_softmax_row_inplace(row, key_bias, scale);
     }
 }
 multiversion!(masked_softmax_dispatch_rows, masked_softmax_block,
