@@ -46,7 +46,12 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
-    let x = x.clamp(-87.0, 88.0);
+                                     // Inputs are clamped below at -70 (e^-70 = 4e-31): results anywhere near the denormal
+                                     // range (below 1.2e-38), or products of them with the weights and scales they meet next,
+                                     // take a microcode assist of ~100 cycles each. Masked keys (-1e4), the padding lanes of
+                                     // the attention kernel and large |x| in GELU all land here; 4e-31 is zero for every sum
+                                     // and difference it joins in f32.
+    let x = x.clamp(-70.0, 88.0);
     // Round x*log2(e) to the nearest integer n with the magic-number trick: the sum's low
     // mantissa bits hold n, so 2^n is built with integer ops (a float->int `as` cast would be
     // saturating and scalarised, which costs more than the whole polynomial).
@@ -117,6 +122,33 @@ multiversion!(bias_gelu_dispatch, bias_gelu_rows, (buf: &mut [f32], bias: &[f32]
 /// vectorise a plain `sum += x` loop; accumulating 16 independent sums lets it.
 const LANES: usize = 16;
 
+/// The sum of 16 lanes as a tree (four dependent steps): a sequential sum is a chain of 16
+/// dependent additions, which cost more than the whole exp pass of a 73-token softmax row.
+#[inline(always)]
+fn hsum(mut a: [f32; LANES]) -> f32 {
+    let mut w = LANES / 2;
+    while w > 0 {
+        for j in 0..w {
+            a[j] += a[j + w];
+        }
+        w /= 2;
+    }
+    a[0]
+}
+
+/// The maximum of 16 lanes as a tree (see [`hsum`]).
+#[inline(always)]
+fn hmax(mut a: [f32; LANES]) -> f32 {
+    let mut w = LANES / 2;
+    while w > 0 {
+        for j in 0..w {
+            a[j] = a[j].max(a[j + w]);
+        }
+        w /= 2;
+    }
+    a[0]
+}
+
 #[inline(always)]
 fn lane_sum(v: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
@@ -127,7 +159,7 @@ fn lane_sum(v: &[f32]) -> f32 {
             *a += *x;
         }
     }
-    acc.iter().sum::<f32>() + tail
+    hsum(acc) + tail
 }
 
 #[inline(always)]
@@ -143,7 +175,7 @@ fn lane_max(v: &[f32]) -> f32 {
             *a = a.max(*x);
         }
     }
-    acc.iter().fold(tail, |m, x| m.max(*x))
+    hmax(acc).max(tail)
 }
 
 #[inline(always)]
@@ -188,7 +220,7 @@ fn add_layer_norm_rows(buf: &mut [f32], res: &[f32], gamma: &[f32], beta: &[f32]
                 *a += *d * *d;
             }
         }
-        let var = (var.iter().sum::<f32>() + tail) / h as f32;
+        let var = (hsum(var) + tail) / h as f32;
         let inv = 1.0 / (var + eps).sqrt();
         for ((d, g), b) in dr.iter_mut().zip(gamma).zip(beta) {
             *d = *d * inv * *g + *b;
@@ -250,7 +282,7 @@ fn softmax_grad_body(probs: &[f32], grad: &mut [f32], len: usize, scale: f32) {
                 *a += g * p;
             }
         }
-        let dot = acc.iter().sum::<f32>() + tail;
+        let dot = hsum(acc) + tail;
         for (g, p) in g.iter_mut().zip(p) {
             *g = p * (*g - dot) * scale;
         }
@@ -271,9 +303,9 @@ pub(crate) fn softmax_grad_block(probs: &[f32], grad: &mut [f32], len: usize, sc
 pub(crate) fn softmax_block(block: &mut [f32], len: usize, scale: f32) {
     const ZEROS: [f32; 512] = [0.0; 512];
     if len <= ZEROS.len() {
-        masked_softmax_dispatch_rows(block, &ZEROS[..len], scale);
+        masked_softmax_dispatch_rows(block, len, &ZEROS[..len], scale);
     } else {
-        masked_softmax_dispatch_rows(block, &vec![0.0; len], scale);
+        masked_softmax_dispatch_rows(block, len, &vec![0.0; len], scale);
     }
 }
 
@@ -304,7 +336,7 @@ fn layer_norm_keep_body(
                 *a += *d * *d;
             }
         }
-        let var = (var.iter().sum::<f32>() + tail) / h as f32;
+        let var = (hsum(var) + tail) / h as f32;
         let r = 1.0 / (var + eps).sqrt();
         *rs = r;
         for (((x, xh), g), b) in x.iter_mut().zip(xh.iter_mut()).zip(gamma).zip(beta) {
@@ -355,7 +387,7 @@ fn layer_norm_grad_body(dy: &mut [f32], xhat: &[f32], rstd: &[f32], gamma: &[f32
                 *a += d * x;
             }
         }
-        let m2 = (acc.iter().sum::<f32>() + tail) / h as f32;
+        let m2 = (hsum(acc) + tail) / h as f32;
         for (d, x) in dy.iter_mut().zip(xh) {
             *d = r * (*d - m1 - x * m2);
         }
@@ -635,9 +667,15 @@ impl CustomOp3 for FusedAttention {
         let mut ctx = vec![0f32; b * l * h];
         let out = SharedMut(ctx.as_mut_ptr());
         let scale = self.scale;
+        // Score rows start on cache lines (`ls` floats apart): the softmax ends each row with
+        // a masked store of its last partial chunk, and a load of the next row's first chunk
+        // from the same line could not be forwarded from it and stalled until it retired.
+        let ls = l.next_multiple_of(16);
         (0..b * nh).into_par_iter().for_each_init(
-            || vec![0f32; l * l],
-            |scores, task| {
+            || vec![0f32; l * ls + 16],
+            |buf, task| {
+                let skip = (16 - (buf.as_ptr() as usize % 64) / 4) % 16;
+                let scores = &mut buf[skip..skip + l * ls];
                 let (bi, hi) = (task / nh, task % nh);
                 let keep = head_keep[bi * nh + hi];
                 let base = bi * l * three_h + hi * hd;
@@ -650,7 +688,7 @@ impl CustomOp3 for FusedAttention {
                     return;
                 }
                 // SAFETY: every pointer stays inside its buffer: Q/K/V rows are `3H` apart with
-                // `hd` columns from `base`, the scores buffer is `L x L`, and this task alone
+                // `hd` columns from `base`, the scores buffer is `L x ls`, and this task alone
                 // writes the `L x hd` block of `ctx` at (row bi, head hi).
                 unsafe {
                     gemm::gemm(
@@ -659,7 +697,7 @@ impl CustomOp3 for FusedAttention {
                         hd,
                         scores.as_mut_ptr(),
                         1,
-                        l as isize,
+                        ls as isize,
                         false,
                         q,
                         1,
@@ -675,7 +713,7 @@ impl CustomOp3 for FusedAttention {
                         gemm::Parallelism::None,
                     );
                 }
-                masked_softmax_dispatch_rows(scores, &key_bias[bi * l..(bi + 1) * l], scale);
+                masked_softmax_dispatch_rows(scores, ls, &key_bias[bi * l..(bi + 1) * l], scale);
                 if keep != 1.0 {
                     scores.iter_mut().for_each(|p| *p *= keep);
                 }
@@ -690,7 +728,7 @@ impl CustomOp3 for FusedAttention {
                         false,
                         scores.as_ptr(),
                         1,
-                        l as isize,
+                        ls as isize,
                         v,
                         1,
                         three_h as isize,
@@ -733,7 +771,7 @@ fn masked_softmax_row_inplace(row: &mut [f32], key_bias: &[f32], scale: f32) {
     for (m, t) in mx.iter_mut().zip(&tail) {
         *m = m.max(*t);
     }
-    let max = mx.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+    let max = hmax(mx);
     let mut acc = [0f32; LANES];
     for rc in row[..full].chunks_exact_mut(LANES) {
         for (d, a) in rc.iter_mut().zip(acc.iter_mut()) {
@@ -747,7 +785,7 @@ fn masked_softmax_row_inplace(row: &mut [f32], key_bias: &[f32], scale: f32) {
         *t = exp_f32(*t - max);
         *a += *t;
     }
-    let inv = 1.0 / acc.iter().sum::<f32>();
+    let inv = 1.0 / hsum(acc);
     for d in row[..full].iter_mut() {
         *d *= inv;
     }
@@ -756,15 +794,56 @@ fn masked_softmax_row_inplace(row: &mut [f32], key_bias: &[f32], scale: f32) {
     }
 }
 
+/// Rows of `key_bias.len()` values, `stride` apart.
+///
+/// With a stride of whole 16-lane chunks (the attention kernel pads its score rows so) the
+/// block goes in three passes over all rows (scale, bias and max; exp and sum; normalise),
+/// the padding lanes biased to -1e30 so no row has a partial chunk: each row is a chain of
+/// dependent reductions, and interleaving rows lets them overlap.
 #[inline(always)]
-fn masked_softmax_block(block: &mut [f32], key_bias: &[f32], scale: f32) {
+fn masked_softmax_block(block: &mut [f32], stride: usize, key_bias: &[f32], scale: f32) {
     let n = key_bias.len();
-    for row in block.chunks_exact_mut(n) {
-        masked_softmax_row_inplace(row, key_bias, scale);
+    const MAX_ROWS: usize = 1024;
+    let rows = block.len().div_ceil(stride);
+    if stride % LANES != 0 || stride < n || stride > MAX_ROWS || rows > MAX_ROWS {
+        for row in block.chunks_mut(stride) {
+            masked_softmax_row_inplace(&mut row[..n], key_bias, scale);
+        }
+        return;
+    }
+    let mut bias = [-1e30f32; MAX_ROWS];
+    bias[..n].copy_from_slice(key_bias);
+    let bias = &bias[..stride];
+    let mut stat = [0f32; MAX_ROWS];
+    for (row, m) in block.chunks_exact_mut(stride).zip(stat.iter_mut()) {
+        let mut mx = [f32::NEG_INFINITY; LANES];
+        for (rc, bc) in row.chunks_exact_mut(LANES).zip(bias.chunks_exact(LANES)) {
+            for ((d, b), m) in rc.iter_mut().zip(bc).zip(mx.iter_mut()) {
+                *d = *d * scale + *b;
+                *m = m.max(*d);
+            }
+        }
+        *m = hmax(mx);
+    }
+    for (row, m) in block.chunks_exact_mut(stride).zip(stat.iter_mut()) {
+        let max = *m;
+        let mut acc = [0f32; LANES];
+        for rc in row.chunks_exact_mut(LANES) {
+            for (d, a) in rc.iter_mut().zip(acc.iter_mut()) {
+                *d = exp_f32(*d - max);
+                *a += *d;
+            }
+        }
+        *m = 1.0 / hsum(acc);
+    }
+    for (row, inv) in block.chunks_exact_mut(stride).zip(&stat) {
+        for d in row.iter_mut() {
+            *d *= inv;
+        }
     }
 }
 multiversion!(masked_softmax_dispatch_rows, masked_softmax_block,
-    (block: &mut [f32], key_bias: &[f32], scale: f32));
+    (block: &mut [f32], stride: usize, key_bias: &[f32], scale: f32));
 
 /// Attention context `[B, L, H]` from `qkv` `[B, L, 3H]`, the key bias `[B, L]` and the
 /// per-row head keep factors `[B, heads]` (1 keeps a head, 0 switches it off).
@@ -1168,7 +1247,7 @@ mod tests {
     #[test]
     fn exp_matches_std_over_the_range_softmax_uses() {
         let mut worst = 0f32;
-        let mut x = -80.0f32;
+        let mut x = -70.0f32;
         while x < 80.0 {
             let rel = (exp_f32(x) - x.exp()).abs() / x.exp();
             worst = worst.max(rel);
