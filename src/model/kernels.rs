@@ -805,7 +805,7 @@ fn masked_softmax_block(block: &mut [f32], stride: usize, key_bias: &[f32], scal
     let n = key_bias.len();
     const MAX_ROWS: usize = 1024;
     let rows = block.len().div_ceil(stride);
-    if stride % LANES != 0 || stride < n || stride > MAX_ROWS || rows > MAX_ROWS {
+    if !stride.is_multiple_of(LANES) || stride < n || stride > MAX_ROWS || rows > MAX_ROWS {
         for row in block.chunks_mut(stride) {
             masked_softmax_row_inplace(&mut row[..n], key_bias, scale);
         }
