@@ -565,3 +565,29 @@ impl Tape<'_> {
         Ok(grad)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each activation's derivative against central differences of its value (f64 steps on
+    /// f32 functions: tolerance 1e-3 of the larger of 1 and the value).
+    #[test]
+    fn activation_derivatives_match_central_differences() {
+        for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu] {
+            let mut x = -6.0f32;
+            while x < 6.0 {
+                if !(matches!(act, Activation::Relu) && x.abs() < 0.01) {
+                    let h = 1e-2f32;
+                    let fd = (act.value(x + h) - act.value(x - h)) / (2.0 * h);
+                    let d = act.derivative(x);
+                    assert!(
+                        (fd - d).abs() < 1e-3 * d.abs().max(1.0),
+                        "{act:?} at {x}: derivative {d}, central difference {fd}"
+                    );
+                }
+                x += 0.037;
+            }
+        }
+    }
+}
