@@ -2,12 +2,17 @@
 //!
 //! Gradient methods (saliency, gradient x input, integrated gradients) differentiate at the
 //! word-embedding lookup (Hugging Face `inputs_embeds`): position and token-type embeddings and
-//! the embedding LayerNorm are applied after it as usual. The embeddings are made a
-//! [`Var`], the forward pass takes the differentiable compositions for that call only
-//! ([`ForwardOptions::differentiable`]: candle's fused LayerNorm and softmax would cut the graph
-//! silently), and one `backward()` over the sum of the rows' outputs gives every row's gradient
-//! at once (rows of a batch do not interact). The weights are plain tensors, not variables, so
-//! backward never computes a gradient for them.
+//! the embedding LayerNorm are applied after it as usual. Rows of a batch do not interact, so
+//! one backward pass over the sum of the rows' outputs gives every row's gradient at once, and
+//! the weights never get a gradient. Two implementations:
+//! * f32 weights (the service): [`EncoderClassifier::taped_gradients`], the encoder's forward
+//!   and input-only backward pass written out by hand ([`crate::model::bert::Tape`]) over rows
+//!   packed without padding, with the head and the output on candle's autograd;
+//! * any dtype (f64 in the finite-difference tests): [`EncoderClassifier::autograd_gradients`],
+//!   candle's autograd through the encoder's differentiable compositions
+//!   ([`ForwardOptions::differentiable`]: candle's fused LayerNorm and softmax would cut the
+//!   graph silently) on a padded batch; it is also the reference the hand-written path is
+//!   tested against.
 //!
 //! The engine reaches this through [`GradientModel`], implemented by [`EncoderClassifier`] and
 //! by [`LinearGradientModel`], a linear test double with closed-form answers.
