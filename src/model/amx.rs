@@ -749,15 +749,7 @@ impl CustomOp1 for FeedForward<'_> {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (inner, outer) = (self.inner, self.outer);
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("feed-forward: the input must be f32")
-        };
-        let Some(x) = layout
-            .contiguous_offsets()
-            .map(|(start, end)| &data[start..end])
-        else {
-            candle_core::bail!("feed-forward: the input must be contiguous")
-        };
+        let x = super::kernels::contiguous(storage, layout, "feed-forward input")?;
         let dims = layout.dims();
         if dims.last() != Some(&inner.k) || inner.m != outer.k || inner.planes != outer.planes {
             candle_core::bail!(
@@ -828,15 +820,7 @@ impl CustomOp1 for Bf16Linear<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("bf16 linear: the input must be f32")
-        };
-        let Some(x) = layout
-            .contiguous_offsets()
-            .map(|(start, end)| &data[start..end])
-        else {
-            candle_core::bail!("bf16 linear: the input must be contiguous")
-        };
+        let x = super::kernels::contiguous(storage, layout, "bf16 linear input")?;
         let dims = layout.dims();
         if dims.last() != Some(&self.packed.k) {
             candle_core::bail!(

@@ -233,13 +233,18 @@ impl EncoderClassifier {
         rows: &[GradientRow],
         output: OutputKind,
     ) -> Result<Vec<RowGradient>, ModelError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
         let h = self.hidden_size();
         let batch = self.plain_batch(rows)?;
         let l = batch.lengths.iter().copied().max().unwrap_or(0);
-        let mut flat = vec![0f32; rows.len() * l * h];
-        for (i, r) in rows.iter().enumerate() {
-            flat[i * l * h..i * l * h + r.embeddings.len()].copy_from_slice(&r.embeddings);
-        }
+        let flat = pad_rows(
+            rows.iter().map(|r| r.embeddings.as_slice()),
+            rows.len(),
+            l,
+            h,
+        );
         let device = self.encoder().device();
         let embeddings =
             Tensor::from_vec(flat, (rows.len(), l, h), device)?.to_dtype(self.encoder().dtype())?;
@@ -250,12 +255,12 @@ impl EncoderClassifier {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        Ok(rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| RowGradient {
-                output: outputs[i],
-                gradient: gradient[i * l * h..i * l * h + r.len() * h].to_vec(),
+        let lens: Vec<usize> = rows.iter().map(GradientRow::len).collect();
+        Ok(unpad_rows(&gradient, &lens, l, h)
+            .zip(outputs)
+            .map(|(g, output)| RowGradient {
+                output,
+                gradient: g.to_vec(),
             })
             .collect())
     }
@@ -269,6 +274,9 @@ impl EncoderClassifier {
         rows: &[GradientRow],
         output: OutputKind,
     ) -> Result<Vec<RowGradient>, ModelError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
         let h = self.hidden_size();
         let batch = self.plain_batch(rows)?;
         let lens: Vec<usize> = rows.iter().map(GradientRow::len).collect();
@@ -289,12 +297,7 @@ impl EncoderClassifier {
         })?;
         // The head on autograd, from the hidden states padded to a batch.
         let l = lens.iter().copied().max().unwrap_or(0);
-        let mut padded = vec![0f32; rows.len() * l * h];
-        let mut at = 0;
-        for (i, &len) in lens.iter().enumerate() {
-            padded[i * l * h..(i * l + len) * h].copy_from_slice(&hidden[at * h..(at + len) * h]);
-            at += len;
-        }
+        let padded = pad_rows(packed_rows(&hidden, &lens, h), rows.len(), l, h);
         let device = self.encoder().device();
         let var = Var::from_tensor(&Tensor::from_vec(padded, (rows.len(), l, h), device)?)?;
         let targets: Vec<usize> = rows.iter().map(|r| r.target).collect();
@@ -307,26 +310,61 @@ impl EncoderClassifier {
             })?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let mut packed = Vec::with_capacity(hidden.len());
-        for (i, &len) in lens.iter().enumerate() {
-            packed.extend_from_slice(&d_hidden[i * l * h..(i * l + len) * h]);
-        }
+        let packed: Vec<f32> = unpad_rows(&d_hidden, &lens, l, h)
+            .flatten()
+            .copied()
+            .collect();
         let gradient = tape.backward(packed)?;
         let outputs = picked.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        let mut at = 0;
-        Ok(lens
-            .iter()
+        Ok(packed_rows(&gradient, &lens, h)
             .zip(outputs)
-            .map(|(&len, output)| {
-                let g = gradient[at * h..(at + len) * h].to_vec();
-                at += len;
-                RowGradient {
-                    output,
-                    gradient: g,
-                }
+            .map(|(g, output)| RowGradient {
+                output,
+                gradient: g.to_vec(),
             })
             .collect())
     }
+}
+
+/// Rows of `h`-wide vectors (one slice per row, at most `l` vectors each) zero-padded into a
+/// `[rows, l, h]` buffer.
+fn pad_rows<'a>(
+    parts: impl Iterator<Item = &'a [f32]>,
+    rows: usize,
+    l: usize,
+    h: usize,
+) -> Vec<f32> {
+    let mut padded = vec![0f32; rows * l * h];
+    for (dst, part) in padded.chunks_exact_mut(l * h).zip(parts) {
+        dst[..part.len()].copy_from_slice(part);
+    }
+    padded
+}
+
+/// The first `lens[i]` vectors of each row of a `[rows, l, h]` buffer.
+fn unpad_rows<'a>(
+    padded: &'a [f32],
+    lens: &'a [usize],
+    l: usize,
+    h: usize,
+) -> impl Iterator<Item = &'a [f32]> {
+    padded
+        .chunks_exact(l * h)
+        .zip(lens)
+        .map(move |(row, &len)| &row[..len * h])
+}
+
+/// The rows of `h`-wide vectors packed back to back, `lens[i]` vectors for row `i`.
+fn packed_rows<'a>(
+    packed: &'a [f32],
+    lens: &'a [usize],
+    h: usize,
+) -> impl Iterator<Item = &'a [f32]> {
+    lens.iter().scan(0, move |at, &len| {
+        let row = &packed[*at * h..(*at + len) * h];
+        *at += len;
+        Some(row)
+    })
 }
 
 /// A linear model over word embeddings, for tests of the gradient methods and the engine:

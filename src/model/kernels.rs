@@ -26,7 +26,7 @@ fn chunk_rows(row_len: usize, rows: usize) -> usize {
     per_task.min(rows.max(1))
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
         _ => candle_core::bail!("{what}: only f32 is supported"),
@@ -149,6 +149,25 @@ fn hmax(mut a: [f32; LANES]) -> f32 {
     a[0]
 }
 
+/// `sum(a * b)` over equal-length slices in 16 independent lanes (see [`lane_sum`]).
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let ac = a.chunks_exact(LANES);
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(&b[a.len() - a.len() % LANES..])
+        .map(|(x, y)| x * y)
+        .sum();
+    for (ac, bc) in ac.zip(b.chunks_exact(LANES)) {
+        for ((s, x), y) in acc.iter_mut().zip(ac).zip(bc) {
+            *s += x * y;
+        }
+    }
+    hsum(acc) + tail
+}
+
 #[inline(always)]
 fn lane_sum(v: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
@@ -212,15 +231,7 @@ fn add_layer_norm_rows(buf: &mut [f32], res: &[f32], gamma: &[f32], beta: &[f32]
         for d in dr.iter_mut() {
             *d -= mean;
         }
-        let mut var = [0f32; LANES];
-        let chunks = dr.chunks_exact(LANES);
-        let tail: f32 = chunks.remainder().iter().map(|d| d * d).sum();
-        for c in chunks {
-            for (a, d) in var.iter_mut().zip(c) {
-                *a += *d * *d;
-            }
-        }
-        let var = (hsum(var) + tail) / h as f32;
+        let var = lane_dot(dr, dr) / h as f32;
         let inv = 1.0 / (var + eps).sqrt();
         for ((d, g), b) in dr.iter_mut().zip(gamma).zip(beta) {
             *d = *d * inv * *g + *b;
@@ -269,20 +280,7 @@ pub(crate) fn gelu_erf_grad_mul(pre: &[f32], grad: &mut [f32]) {
 #[inline(always)]
 fn softmax_grad_body(probs: &[f32], grad: &mut [f32], len: usize, scale: f32) {
     for (g, p) in grad.chunks_exact_mut(len).zip(probs.chunks_exact(len)) {
-        let mut acc = [0f32; LANES];
-        let gc = g.chunks_exact(LANES);
-        let tail: f32 = gc
-            .remainder()
-            .iter()
-            .zip(&p[len - len % LANES..])
-            .map(|(g, p)| g * p)
-            .sum();
-        for (gc, pc) in gc.zip(p.chunks_exact(LANES)) {
-            for ((a, g), p) in acc.iter_mut().zip(gc).zip(pc) {
-                *a += g * p;
-            }
-        }
-        let dot = hsum(acc) + tail;
+        let dot = lane_dot(g, p);
         for (g, p) in g.iter_mut().zip(p) {
             *g = p * (*g - dot) * scale;
         }
@@ -328,15 +326,7 @@ fn layer_norm_keep_body(
         for (d, v) in xh.iter_mut().zip(x.iter()) {
             *d = *v - mean;
         }
-        let mut var = [0f32; LANES];
-        let chunks = xh.chunks_exact(LANES);
-        let tail: f32 = chunks.remainder().iter().map(|d| d * d).sum();
-        for c in chunks {
-            for (a, d) in var.iter_mut().zip(c) {
-                *a += *d * *d;
-            }
-        }
-        let var = (hsum(var) + tail) / h as f32;
+        let var = lane_dot(xh, xh) / h as f32;
         let r = 1.0 / (var + eps).sqrt();
         *rs = r;
         for (((x, xh), g), b) in x.iter_mut().zip(xh.iter_mut()).zip(gamma).zip(beta) {
@@ -374,20 +364,7 @@ fn layer_norm_grad_body(dy: &mut [f32], xhat: &[f32], rstd: &[f32], gamma: &[f32
             *d *= g;
         }
         let m1 = lane_sum(dy) / h as f32;
-        let mut acc = [0f32; LANES];
-        let chunks = dy.chunks_exact(LANES);
-        let tail: f32 = chunks
-            .remainder()
-            .iter()
-            .zip(&xh[h - h % LANES..])
-            .map(|(d, x)| d * x)
-            .sum();
-        for (dc, xc) in chunks.zip(xh.chunks_exact(LANES)) {
-            for ((a, d), x) in acc.iter_mut().zip(dc).zip(xc) {
-                *a += d * x;
-            }
-        }
-        let m2 = (hsum(acc) + tail) / h as f32;
+        let m2 = lane_dot(dy, xh) / h as f32;
         for (d, x) in dy.iter_mut().zip(xh) {
             *d = r * (*d - m1 - x * m2);
         }
@@ -622,14 +599,15 @@ struct FusedAttention {
 
 /// A raw pointer that rayon tasks may share: every task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: tasks write disjoint (row, head) slices; see `FusedAttention::cpu_fwd`.
+pub(crate) struct SharedMut(pub(crate) *mut f32);
+// SAFETY: tasks write disjoint (row, head) slices; see `FusedAttention::cpu_fwd` and the
+// taped gradient path.
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
     /// The element `offset` places on (a method, so closures capture the whole wrapper).
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }
@@ -691,26 +669,13 @@ impl CustomOp3 for FusedAttention {
                 // `hd` columns from `base`, the scores buffer is `L x ls`, and this task alone
                 // writes the `L x hd` block of `ctx` at (row bi, head hi).
                 unsafe {
-                    gemm::gemm(
-                        l,
-                        l,
-                        hd,
+                    small_gemm(
+                        (l, l, hd),
                         scores.as_mut_ptr(),
-                        1,
-                        ls as isize,
-                        false,
-                        q,
-                        1,
-                        three_h as isize,
-                        k,
-                        three_h as isize,
-                        1,
-                        0.0,
+                        ls,
+                        (q, three_h, 1),
+                        (k, 1, three_h),
                         1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
                     );
                 }
                 masked_softmax_dispatch_rows(scores, ls, &key_bias[bi * l..(bi + 1) * l], scale);
@@ -718,26 +683,13 @@ impl CustomOp3 for FusedAttention {
                     scores.iter_mut().for_each(|p| *p *= keep);
                 }
                 unsafe {
-                    gemm::gemm(
-                        l,
-                        hd,
-                        l,
+                    small_gemm(
+                        (l, hd, l),
                         dst,
-                        1,
-                        h as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        ls as isize,
-                        v,
-                        1,
-                        three_h as isize,
-                        0.0,
+                        h,
+                        (scores.as_ptr(), ls, 1),
+                        (v, three_h, 1),
                         1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
                     );
                 }
             },
@@ -895,46 +847,100 @@ impl CustomOp3 for Linear {
                 l3.dims()
             );
         }
-        let n = x.len() / k;
-        let mut out = Vec::with_capacity(n * m);
-        for _ in 0..n {
-            out.extend_from_slice(bias);
-        }
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 && n * m * k >= 1 << 16 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: `out` is `n x m` row-major, `x` is `n x k` row-major, `w` is `k x m`
-        // row-major; the strides below describe exactly those buffers.
-        unsafe {
-            gemm::gemm(
-                n,
-                m,
-                k,
-                out.as_mut_ptr(),
-                1,
-                m as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                1,
-                m as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        let out = linear_rows(x, w, bias, x.len() / k, k, m);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("rank >= 1") = m;
         Ok((CpuStorage::F32(out), Shape::from_dims(&out_dims)))
     }
+}
+
+/// `dst = beta * lhs @ rhs` for an `m x n` result over `k` on the calling thread (the small
+/// per-row, per-head products of attention). `dst` rows are `dst_rs` apart with contiguous
+/// columns; each operand is given by its row and column strides, so transposed views cost
+/// nothing.
+///
+/// # Safety
+/// Every element the strides reach must lie inside its buffer, and no other thread may write
+/// the `m x n` block of `dst`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn small_gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+    beta: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0.0,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// `x @ W + b` for `n` rows: `x` is `n x k`, `w` is `k x m`, all row-major. The output starts
+/// as the bias broadcast over rows and one `gemm` call accumulates the product into it, over
+/// candle's threads when the product is large enough.
+pub(crate) fn linear_rows(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    n: usize,
+    k: usize,
+    m: usize,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * m);
+    for _ in 0..n {
+        out.extend_from_slice(bias);
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 && n * m * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `out` is `n x m` row-major, `x` is `n x k` row-major, `w` is `k x m` row-major;
+    // the strides below describe exactly those buffers.
+    unsafe {
+        gemm::gemm(
+            n,
+            m,
+            k,
+            out.as_mut_ptr(),
+            1,
+            m as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            m as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    out
 }
 
 /// `x @ W + b` with a pre-transposed contiguous `[K, M]` weight (inference only).

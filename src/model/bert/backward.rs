@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::{Activation, Dense, Encoder, Norm};
 use crate::model::config::Architecture;
-use crate::model::kernels::{self, erf_f32, exp_f32};
+use crate::model::kernels::{self, erf_f32, exp_f32, SharedMut};
 
 /// Token rows packed back to back: `lens[i]` tokens for row `i`.
 pub struct PackedInput<'a> {
@@ -48,6 +48,10 @@ struct NormCache {
 pub struct Tape<'e> {
     encoder: &'e Encoder,
     lens: Vec<usize>,
+    /// Each row's first token, and the start of its attention probabilities in a layer's
+    /// `probs`.
+    offsets: Vec<usize>,
+    prob_offsets: Vec<usize>,
     embed_norm: NormCache,
     layers: Vec<LayerCache>,
 }
@@ -88,43 +92,14 @@ impl Dense {
     /// `x @ W + b` for `n` rows.
     fn forward_rows(&self, x: &[f32], n: usize) -> candle_core::Result<Vec<f32>> {
         let (k, m) = self.weight_t.dims2()?;
-        let mut out = vec![0f32; n * m];
         if let Some((fwd, _)) = self.amx_pair() {
+            let mut out = vec![0f32; n * m];
             fwd.matmul_into(x, n, true, &mut out);
             return Ok(out);
         }
-        with_values(&self.bias, |bias| {
-            for row in out.chunks_exact_mut(m) {
-                row.copy_from_slice(bias);
-            }
-        })?;
         with_values(&self.weight_t, |w| {
-            // SAFETY: `out` is `n x m`, `x` is `n x k`, `w` is `k x m`, all row-major.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    m,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    m as isize,
-                    true,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    1,
-                    m as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    threads(),
-                )
-            }
-        })?;
-        Ok(out)
+            with_values(&self.bias, |b| kernels::linear_rows(x, w, b, n, k, m))
+        })?
     }
 
     /// `dy @ W^T` for `n` rows: the input's gradient.
@@ -227,17 +202,15 @@ fn gelu_tanh_inner(x: f32) -> f32 {
     0.797_884_6 * (x + 0.044_715 * x * x * x)
 }
 
-/// A raw pointer shared by attention tasks that write disjoint blocks.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: every task writes only its own (row, head) block; see the callers.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
+/// Where each row's block starts when row `i` takes `size(lens[i])` values.
+fn starts(lens: &[usize], size: impl Fn(usize) -> usize) -> Vec<usize> {
+    lens.iter()
+        .scan(0, |acc, &l| {
+            let start = *acc;
+            *acc += size(l);
+            Some(start)
+        })
+        .collect()
 }
 
 impl Encoder {
@@ -281,24 +254,8 @@ impl Encoder {
         }
         let embed_norm = self.embed_norm.forward_keep(&mut x, h)?;
 
-        let offsets: Vec<usize> = input
-            .lens
-            .iter()
-            .scan(0, |acc, &l| {
-                let start = *acc;
-                *acc += l;
-                Some(start)
-            })
-            .collect();
-        let prob_offsets: Vec<usize> = input
-            .lens
-            .iter()
-            .scan(0, |acc, &l| {
-                let start = *acc;
-                *acc += nh * l * l;
-                Some(start)
-            })
-            .collect();
+        let offsets = starts(input.lens, |l| l);
+        let prob_offsets = starts(input.lens, |l| nh * l * l);
         let prob_len: usize = input.lens.iter().map(|l| nh * l * l).sum();
         let scale = 1.0 / (hd as f32).sqrt();
         let mut layers = Vec::with_capacity(self.layers.len());
@@ -306,7 +263,7 @@ impl Encoder {
             let qkv = layer.qkv.forward_rows(&x, t)?;
             let mut probs = vec![0f32; prob_len];
             let mut ctx = vec![0f32; t * h];
-            let (pp, cp) = (Shared(probs.as_mut_ptr()), Shared(ctx.as_mut_ptr()));
+            let (pp, cp) = (SharedMut(probs.as_mut_ptr()), SharedMut(ctx.as_mut_ptr()));
             (0..input.lens.len() * nh).into_par_iter().for_each(|task| {
                 let (r, head) = (task / nh, task % nh);
                 let (len, t0) = (input.lens[r], offsets[r]);
@@ -318,49 +275,16 @@ impl Encoder {
                     let q = qkv.as_ptr().add(base);
                     let k = q.add(h);
                     let v = q.add(2 * h);
-                    gemm::gemm(
-                        len,
-                        len,
-                        hd,
-                        p,
-                        1,
-                        len as isize,
-                        false,
-                        q,
-                        1,
-                        3 * h as isize,
-                        k,
-                        3 * h as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+                    kernels::small_gemm((len, len, hd), p, len, (q, 3 * h, 1), (k, 1, 3 * h), 1.0);
                     let block = std::slice::from_raw_parts_mut(p, len * len);
                     kernels::softmax_block(block, len, scale);
-                    gemm::gemm(
-                        len,
-                        hd,
-                        len,
+                    kernels::small_gemm(
+                        (len, hd, len),
                         cp.at(t0 * h + head * hd),
-                        1,
-                        h as isize,
-                        false,
-                        p,
-                        1,
-                        len as isize,
-                        v,
-                        1,
-                        3 * h as isize,
-                        0.0,
+                        h,
+                        (p, len, 1),
+                        (v, 3 * h, 1),
                         1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
                     );
                 }
             });
@@ -395,6 +319,8 @@ impl Encoder {
             Tape {
                 encoder: self,
                 lens: input.lens.to_vec(),
+                offsets,
+                prob_offsets,
                 embed_norm,
                 layers,
             },
@@ -412,24 +338,7 @@ impl Tape<'_> {
         let hd = h / nh;
         let t: usize = self.lens.iter().sum();
         let scale = 1.0 / (hd as f32).sqrt();
-        let offsets: Vec<usize> = self
-            .lens
-            .iter()
-            .scan(0, |acc, &l| {
-                let start = *acc;
-                *acc += l;
-                Some(start)
-            })
-            .collect();
-        let prob_offsets: Vec<usize> = self
-            .lens
-            .iter()
-            .scan(0, |acc, &l| {
-                let start = *acc;
-                *acc += nh * l * l;
-                Some(start)
-            })
-            .collect();
+        let (offsets, prob_offsets) = (&self.offsets, &self.prob_offsets);
         for (layer, cache) in enc.layers.iter().zip(&self.layers).rev() {
             // out = LN2(ffn_out(act(ffn_in(h1))) + h1)
             layer.out_norm.backward(&mut grad, &cache.norm2)?;
@@ -447,7 +356,7 @@ impl Tape<'_> {
             layer.attn_norm.backward(&mut grad, &cache.norm1)?;
             let d_ctx = layer.attn_out.input_grad_rows(&grad, t)?;
             let mut d_qkv = vec![0f32; t * 3 * h];
-            let dq = Shared(d_qkv.as_mut_ptr());
+            let dq = SharedMut(d_qkv.as_mut_ptr());
             let qkv = &cache.qkv;
             let probs = &cache.probs;
             let lens = &self.lens;
@@ -467,93 +376,41 @@ impl Tape<'_> {
                         let v = q.add(2 * h);
                         let dc = d_ctx.as_ptr().add(t0 * h + head * hd);
                         // dP = dctx v^T
-                        gemm::gemm(
-                            len,
-                            len,
-                            hd,
+                        kernels::small_gemm(
+                            (len, len, hd),
                             d_scores.as_mut_ptr(),
-                            1,
-                            len as isize,
-                            false,
-                            dc,
-                            1,
-                            h as isize,
-                            v,
-                            3 * h as isize,
-                            1,
-                            0.0,
+                            len,
+                            (dc, h, 1),
+                            (v, 1, 3 * h),
                             1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
                         );
                         // dV = P^T dctx
-                        gemm::gemm(
-                            len,
-                            hd,
-                            len,
+                        kernels::small_gemm(
+                            (len, hd, len),
                             dq.at(base + 2 * h),
-                            1,
-                            3 * h as isize,
-                            false,
-                            p.as_ptr(),
-                            len as isize,
-                            1,
-                            dc,
-                            1,
-                            h as isize,
-                            0.0,
+                            3 * h,
+                            (p.as_ptr(), 1, len),
+                            (dc, h, 1),
                             1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
                         );
                         // dS = P (dP - rowsum(dP P)) * scale
                         kernels::softmax_grad_block(p, d_scores, len, scale);
                         // dQ = dS K, dK = dS^T Q
-                        gemm::gemm(
-                            len,
-                            hd,
-                            len,
+                        kernels::small_gemm(
+                            (len, hd, len),
                             dq.at(base),
-                            1,
-                            3 * h as isize,
-                            false,
-                            d_scores.as_ptr(),
-                            1,
-                            len as isize,
-                            k,
-                            1,
-                            3 * h as isize,
-                            0.0,
+                            3 * h,
+                            (d_scores.as_ptr(), len, 1),
+                            (k, 3 * h, 1),
                             1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
                         );
-                        gemm::gemm(
-                            len,
-                            hd,
-                            len,
+                        kernels::small_gemm(
+                            (len, hd, len),
                             dq.at(base + h),
-                            1,
-                            3 * h as isize,
-                            false,
-                            d_scores.as_ptr(),
-                            len as isize,
-                            1,
-                            q,
-                            1,
-                            3 * h as isize,
-                            0.0,
+                            3 * h,
+                            (d_scores.as_ptr(), 1, len),
+                            (q, 3 * h, 1),
                             1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
                         );
                     }
                 },
