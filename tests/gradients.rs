@@ -620,3 +620,20 @@ async fn gradient_jobs_run_through_the_engine() {
         .await
         .is_err());
 }
+
+/// Rows the embedding tables cannot serve (a token type the model does not have) are an
+/// error from the hand-written path, not a panic.
+#[test]
+fn taped_gradients_refuse_unknown_token_types() {
+    let m = load("tests/fixtures/tiny/tiny-bert-cls", LoadOptions::default());
+    let ec = &m.encoder_classifier;
+    let model: &dyn GradientModel = ec.as_ref();
+    let ids = m.encoder.encode("The food was cold.", false).unwrap().ids;
+    let row = GradientRow {
+        type_ids: vec![7; ids.len()],
+        embeddings: model.word_embeddings(&ids).unwrap(),
+        ids,
+        target: 0,
+    };
+    assert!(ec.taped_gradients(&[row], OutputKind::Logit).is_err());
+}

@@ -226,31 +226,40 @@ impl Encoder {
         }
         // Embeddings: words (given) + positions + token types, then LayerNorm.
         let mut x = input.embeddings.to_vec();
-        with_values(&self.position_embeddings, |pos| {
-            let mut at = 0;
-            for &len in input.lens {
-                for i in 0..len {
-                    let p = match self.config.architecture {
-                        Architecture::Roberta => self.config.pad_token_id as usize + 1 + i,
-                        _ => i,
-                    };
-                    let row = &mut x[(at + i) * h..(at + i + 1) * h];
-                    row.iter_mut()
-                        .zip(&pos[p * h..(p + 1) * h])
-                        .for_each(|(x, p)| *x += p);
+        // Out-of-range positions or token types are errors, not panics (the batched path's
+        // `index_select` refuses them the same way).
+        with_values(
+            &self.position_embeddings,
+            |pos| -> candle_core::Result<()> {
+                let mut at = 0;
+                for &len in input.lens {
+                    for i in 0..len {
+                        let p = match self.config.architecture {
+                            Architecture::Roberta => self.config.pad_token_id as usize + 1 + i,
+                            _ => i,
+                        };
+                        let Some(table) = pos.get(p * h..(p + 1) * h) else {
+                            candle_core::bail!("gradient path: position {p} has no embedding");
+                        };
+                        let row = &mut x[(at + i) * h..(at + i + 1) * h];
+                        row.iter_mut().zip(table).for_each(|(x, p)| *x += p);
+                    }
+                    at += len;
                 }
-                at += len;
-            }
-        })?;
+                Ok(())
+            },
+        )??;
         if let Some(tt) = &self.token_type_embeddings {
-            with_values(tt, |types| {
+            with_values(tt, |types| -> candle_core::Result<()> {
                 for (row, &ty) in x.chunks_exact_mut(h).zip(input.type_ids) {
                     let ty = ty as usize;
-                    row.iter_mut()
-                        .zip(&types[ty * h..(ty + 1) * h])
-                        .for_each(|(x, e)| *x += e);
+                    let Some(table) = types.get(ty * h..(ty + 1) * h) else {
+                        candle_core::bail!("gradient path: token type {ty} has no embedding");
+                    };
+                    row.iter_mut().zip(table).for_each(|(x, e)| *x += e);
                 }
-            })?;
+                Ok(())
+            })??;
         }
         let embed_norm = self.embed_norm.forward_keep(&mut x, h)?;
 
