@@ -1311,50 +1311,54 @@ mod tests {
     #[test]
     fn fused_attention_matches_the_composite_path() {
         let dev = candle_core::Device::Cpu;
-        let (b, l, nh, hd) = (3, 6, 4, 8);
-        let h = nh * hd;
-        let qkv = Tensor::randn(0f32, 1.0, (b, l, 3 * h), &dev).unwrap();
-        let mask = Tensor::new(
-            &[
-                [1f32, 1., 1., 1., 0., 0.],
-                [1., 1., 1., 1., 1., 1.],
-                [1., 1., 0., 0., 0., 0.],
-            ],
-            &dev,
-        )
-        .unwrap();
-        let bias = ((mask.ones_like().unwrap() - &mask).unwrap() * -1e4).unwrap();
-        let keep = Tensor::new(
-            &[[1f32, 0., 1., 1.], [1., 1., 1., 1.], [0., 1., 0.5, 1.]],
-            &dev,
-        )
-        .unwrap();
-        let scale = 1.0 / (hd as f32).sqrt();
-        let got = fused_attention(&qkv, &bias, &keep, nh, scale).unwrap();
+        // Head widths 8, 16 and 32, lengths off the 16-lane softmax chunks, padded keys and
+        // switched-off, halved and full heads.
+        for (l, nh, hd) in [(6, 4, 8), (7, 4, 32), (19, 4, 16), (33, 4, 32)] {
+            let b = 3;
+            let h = nh * hd;
+            let qkv = Tensor::randn(0f32, 1.0, (b, l, 3 * h), &dev).unwrap();
+            let lens = [l - 2, l, 2];
+            let mask: Vec<f32> = lens
+                .iter()
+                .flat_map(|&n| (0..l).map(move |j| if j < n { 1.0 } else { 0.0 }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (b, l), &dev).unwrap();
+            let bias = ((mask.ones_like().unwrap() - &mask).unwrap() * -1e4).unwrap();
+            let keep = Tensor::new(
+                &[[1f32, 0., 1., 1.], [1., 1., 1., 1.], [0., 1., 0.5, 1.]],
+                &dev,
+            )
+            .unwrap();
+            let scale = 1.0 / (hd as f32).sqrt();
+            let got = fused_attention(&qkv, &bias, &keep, nh, scale).unwrap();
 
-        let t = qkv
-            .reshape((b, l, 3, nh, hd))
-            .unwrap()
-            .permute((2, 0, 3, 1, 4))
-            .unwrap();
-        let (q, k, v) = (
-            t.get(0).unwrap().contiguous().unwrap(),
-            t.get(1).unwrap().contiguous().unwrap(),
-            t.get(2).unwrap().contiguous().unwrap(),
-        );
-        let p = masked_softmax(&q.matmul(&k.t().unwrap()).unwrap(), &bias, scale).unwrap();
-        let p = p
-            .broadcast_mul(&keep.reshape((b, nh, 1, 1)).unwrap())
-            .unwrap();
-        let want = p
-            .matmul(&v)
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .reshape((b, l, h))
-            .unwrap();
-        let d = max_diff(&got, &want);
-        assert!(d < 1e-5, "attention diff {d}");
+            let t = qkv
+                .reshape((b, l, 3, nh, hd))
+                .unwrap()
+                .permute((2, 0, 3, 1, 4))
+                .unwrap();
+            let (q, k, v) = (
+                t.get(0).unwrap().contiguous().unwrap(),
+                t.get(1).unwrap().contiguous().unwrap(),
+                t.get(2).unwrap().contiguous().unwrap(),
+            );
+            let p = masked_softmax(&q.matmul(&k.t().unwrap()).unwrap(), &bias, scale).unwrap();
+            let p = p
+                .broadcast_mul(&keep.reshape((b, nh, 1, 1)).unwrap())
+                .unwrap();
+            let want = p
+                .matmul(&v)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((b, l, h))
+                .unwrap();
+            let d = max_diff(&got, &want);
+            assert!(
+                d < 1e-5,
+                "attention diff {d} at L={l}, heads={nh}, width={hd}"
+            );
+        }
     }
 
     #[test]
