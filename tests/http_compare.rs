@@ -10,9 +10,9 @@
 //!   rollout inside a comparison equal `/explain/gradients` and `/explain/attention`.
 //! * Every documented status, and validation before any model work.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
@@ -24,73 +24,18 @@ use glassbox::explain::features::{FeatureSet, Removal};
 use glassbox::explain::DirectEvaluator;
 use glassbox::model::config::ZeroShotConfig;
 use glassbox::model::loader::{load_model, LoadOptions};
-use glassbox::model::toy::{ToyClassifier, ToyOutput};
-use glassbox::model::TextEncoder;
+use glassbox::model::toy::ToyClassifier;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 mod support;
 use glassbox::model::{Classifier, ModelError, ModelInfo, Row, RowOutput};
+use support::additive::{additive, coef, config, encoder, TEXT};
 use support::Gate;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn encoder() -> TextEncoder {
-    static ENC: OnceLock<TextEncoder> = OnceLock::new();
-    ENC.get_or_init(|| {
-        TextEncoder::from_file(
-            &root().join("tests/fixtures/tiny/tiny-bert-cls/tokenizer.json"),
-            128,
-        )
-        .expect("the tiny tokenizer loads")
-    })
-    .clone()
-}
-
-fn id(word: &str) -> u32 {
-    let e = encoder().encode(word, false).unwrap();
-    assert_eq!(e.len(), 3, "{word} is one token");
-    e.ids[1]
-}
-
-/// Word coefficients of label 0 (`negative`); label 1 (`positive`) weighs the opposite.
-const COEFS: [(&str, f32); 5] = [
-    ("plot", 0.1),
-    ("thin", 0.5),
-    ("acting", -0.05),
-    ("wonderful", -0.9),
-    ("dull", 1.2),
-];
-const TEXT: &str = "The plot was thin but the acting was wonderful";
-
-fn coef(word: &str) -> f64 {
-    COEFS
-        .iter()
-        .find(|(w, _)| *w == word)
-        .map_or(0.0, |&(_, c)| c as f64)
-}
-
-/// Identity output: every "probability" is additive in the words, so the answers are exact.
-fn additive() -> ToyClassifier {
-    let weights: HashMap<u32, Vec<f32>> =
-        COEFS.iter().map(|&(w, c)| (id(w), vec![c, -c])).collect();
-    ToyClassifier::new(
-        vec!["negative".into(), "positive".into()],
-        weights,
-        vec![0.0, 0.3],
-        ToyOutput::Identity,
-    )
-}
-
-fn toy_config() -> Config {
-    let mut config = Config::default();
-    config.engine.cache_rows = 0;
-    config.limits.max_input_tokens = 32;
-    config.limits.max_num_samples = 5000;
-    config
 }
 
 struct TestApp {
@@ -100,7 +45,7 @@ struct TestApp {
 
 impl TestApp {
     async fn toy(warm: bool) -> TestApp {
-        let config = toy_config();
+        let config = config();
         config.validate().expect("test configuration is valid");
         let state = AppState::new(config, Arc::new(additive()), encoder()).expect("state builds");
         if warm {
@@ -775,7 +720,7 @@ async fn documented_compare_statuses_are_the_real_ones() {
     seen.insert(status.as_u16());
 
     // A deadline that passes while the methods' rows wait for the model: 504.
-    let mut slow = toy_config();
+    let mut slow = config();
     slow.server.request_timeout_ms = 300;
     let held = Arc::new(HoldsBatches {
         toy: additive(),

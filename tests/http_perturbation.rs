@@ -3,73 +3,18 @@
 //! documented 200 shapes, reproducibility, and the documented 400s and 422s naming the field,
 //! refused before any model work where the request alone shows the error.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use glassbox::api::{app, AppState};
-use glassbox::config::Config;
-use glassbox::model::toy::{ToyClassifier, ToyOutput};
-use glassbox::model::TextEncoder;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-fn encoder() -> TextEncoder {
-    static ENC: OnceLock<TextEncoder> = OnceLock::new();
-    ENC.get_or_init(|| {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/tiny/tiny-bert-cls/tokenizer.json");
-        TextEncoder::from_file(&path, 128).expect("the tiny tokenizer loads")
-    })
-    .clone()
-}
-
-fn id(word: &str) -> u32 {
-    let e = encoder().encode(word, false).unwrap();
-    assert_eq!(e.len(), 3, "{word} is one token");
-    e.ids[1]
-}
-
-/// Word coefficients of label 0 (`negative`); label 1 (`positive`) weighs the opposite.
-const COEFS: [(&str, f32); 5] = [
-    ("plot", 0.1),
-    ("thin", 0.5),
-    ("acting", -0.05),
-    ("wonderful", -0.9),
-    ("dull", 1.2),
-];
-const TEXT: &str = "The plot was thin but the acting was wonderful";
-
-fn coef(word: &str) -> f64 {
-    COEFS
-        .iter()
-        .find(|(w, _)| *w == word)
-        .map_or(0.0, |&(_, c)| c as f64)
-}
-
-/// Identity output: every "probability" is additive in the words, so the answers are exact.
-fn additive() -> ToyClassifier {
-    let weights: HashMap<u32, Vec<f32>> =
-        COEFS.iter().map(|&(w, c)| (id(w), vec![c, -c])).collect();
-    ToyClassifier::new(
-        vec!["negative".into(), "positive".into()],
-        weights,
-        vec![0.0, 0.3],
-        ToyOutput::Identity,
-    )
-}
-
-fn config() -> Config {
-    let mut config = Config::default();
-    config.engine.cache_rows = 0;
-    config.limits.max_input_tokens = 32;
-    config.limits.max_num_samples = 5000;
-    config
-}
+mod support;
+use support::additive::{additive, coef, config, encoder, TEXT};
 
 struct TestApp {
     state: AppState,
