@@ -801,8 +801,8 @@ impl CustomOp1 for FeedForward<'_> {
     }
 }
 
-/// `GELU(x @ W1 + b1) @ W2 + b2` through the AMX kernel with the activation fused (see
-/// [`FeedForward`]); inference only.
+/// `GELU(x @ W1 + b1) @ W2 + b2` through the AMX kernel, the activation computed in the first
+/// product's epilogue straight into the second's input tiles; inference only.
 pub fn feed_forward_gelu(x: &Tensor, inner: &PackedBf16, outer: &PackedBf16) -> Result<Tensor> {
     x.contiguous()?
         .apply_op1_no_bwd(&FeedForward { inner, outer })
@@ -849,45 +849,6 @@ impl CustomOp1 for Bf16Linear<'_> {
 pub fn linear(x: &Tensor, packed: &PackedBf16, with_bias: bool) -> Result<Tensor> {
     x.contiguous()?
         .apply_op1_no_bwd(&Bf16Linear { packed, with_bias })
-}
-
-/// The gradient path's dense layer on AMX tiles: `x @ W + b` forward, and a backward pass
-/// for the input only, `grad @ W^T`, with `W^T` packed as well (weights get no gradient, as
-/// in `kernels::linear_input_grad`).
-struct Bf16InputGradLinear {
-    forward: std::sync::Arc<PackedBf16>,
-    backward: std::sync::Arc<PackedBf16>,
-}
-
-impl CustomOp1 for Bf16InputGradLinear {
-    fn name(&self) -> &'static str {
-        "glassbox-amx-linear-input-grad"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        Bf16Linear {
-            packed: &self.forward,
-            with_bias: true,
-        }
-        .cpu_fwd(storage, layout)
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(linear(grad_res, &self.backward, false)?))
-    }
-}
-
-/// `x @ W + b`, differentiable in `x` only: `forward` packs `W` (`[K, M]`) with the bias,
-/// `backward` packs `W^T` (`[M, K]`) with a zero bias.
-pub fn linear_input_grad(
-    x: &Tensor,
-    forward: &std::sync::Arc<PackedBf16>,
-    backward: &std::sync::Arc<PackedBf16>,
-) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Bf16InputGradLinear {
-        forward: forward.clone(),
-        backward: backward.clone(),
-    })
 }
 
 #[cfg(test)]

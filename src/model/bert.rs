@@ -33,7 +33,8 @@ pub struct Dense {
     bias: Tensor,
     /// The same weight packed for the AMX kernel ([`Encoder::use_amx`]).
     bf16: Option<Arc<PackedBf16>>,
-    /// With `high`: the transposed weight packed too, for the gradient path's backward pass.
+    /// With `high`: the transposed weight packed too, for the hand-written gradient path's
+    /// backward pass.
     bf16_t: Option<Arc<PackedBf16>>,
 }
 
@@ -100,11 +101,8 @@ impl Dense {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if x.dtype() == DType::F32 && !self.weight_t.track_op() {
             if x.track_op() {
-                // The gradient path: the same product, and a backward pass for the input only
-                // (on AMX tiles with `high`, f32 gemm otherwise).
-                if let (Some(forward), Some(backward)) = (&self.bf16, &self.bf16_t) {
-                    return amx::linear_input_grad(x, forward, backward);
-                }
+                // The autograd gradient path (the reference the hand-written one is tested
+                // against): the same product in f32, and a backward pass for the input only.
                 return kernels::linear_input_grad(x, &self.weight_t, &self.bias);
             }
             if x.is_contiguous() {
@@ -348,8 +346,9 @@ impl Encoder {
     }
 
     /// Runs the dense layers of inference on AMX tiles as products of `planes` bf16 terms
-    /// per f32 value (see [`Planes`]). Gradient calls (tracked inputs) use them too with two
-    /// or more planes, forward and input backward; plain bf16 stays off the gradient path.
+    /// per f32 value (see [`Planes`]). The hand-written gradient path ([`Tape`]) uses them too
+    /// with two or more planes, forward and input backward (`W^T` packed as well); plain bf16
+    /// stays off the gradient path.
     /// Returns false, changing nothing, when the CPU has no AMX bf16 or the weights are not f32.
     pub fn use_amx(&mut self, planes: Planes) -> candle_core::Result<bool> {
         if !amx::available() || self.dtype() != DType::F32 {
