@@ -280,7 +280,6 @@ impl EncoderClassifier {
         let h = self.hidden_size();
         let batch = self.plain_batch(rows)?;
         let lens: Vec<usize> = rows.iter().map(GradientRow::len).collect();
-        let ids: Vec<u32> = rows.iter().flat_map(|r| r.ids.iter().copied()).collect();
         let type_ids: Vec<u32> = rows
             .iter()
             .flat_map(|r| r.type_ids.iter().copied())
@@ -291,7 +290,6 @@ impl EncoderClassifier {
             .collect();
         let (hidden, tape) = self.encoder().forward_taped(&PackedInput {
             lens: &lens,
-            ids: &ids,
             type_ids: &type_ids,
             embeddings: &embeddings,
         })?;

@@ -894,6 +894,17 @@ pub(crate) unsafe fn small_gemm(
     );
 }
 
+/// candle's threads for a `gemm` of `macs` multiply-adds when there are enough of them to
+/// share (below 2^16 the split costs more than it saves), else the calling thread.
+pub(crate) fn gemm_parallelism(macs: usize) -> gemm::Parallelism {
+    let threads = candle_core::utils::get_num_threads();
+    if threads > 1 && macs >= 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
 /// `x @ W + b` for `n` rows: `x` is `n x k`, `w` is `k x m`, all row-major. The output starts
 /// as the bias broadcast over rows and one `gemm` call accumulates the product into it, over
 /// candle's threads when the product is large enough.
@@ -909,12 +920,7 @@ pub(crate) fn linear_rows(
     for _ in 0..n {
         out.extend_from_slice(bias);
     }
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 && n * m * k >= 1 << 16 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let parallelism = gemm_parallelism(n * m * k);
     // SAFETY: `out` is `n x m` row-major, `x` is `n x k` row-major, `w` is `k x m` row-major;
     // the strides below describe exactly those buffers.
     unsafe {

@@ -20,7 +20,6 @@ use crate::model::kernels::{self, erf_f32, exp_f32, SharedMut};
 /// Token rows packed back to back: `lens[i]` tokens for row `i`.
 pub struct PackedInput<'a> {
     pub lens: &'a [usize],
-    pub ids: &'a [u32],
     pub type_ids: &'a [u32],
     /// `[T, hidden]`: the word embeddings to differentiate at.
     pub embeddings: &'a [f32],
@@ -66,13 +65,6 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Resul
         candle_core::bail!("gradient path: the weights must be contiguous")
     };
     Ok(f(&data[a..b]))
-}
-
-fn threads() -> gemm::Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => gemm::Parallelism::None,
-        n => gemm::Parallelism::Rayon(n),
-    }
 }
 
 impl Dense {
@@ -132,7 +124,7 @@ impl Dense {
                     false,
                     false,
                     false,
-                    threads(),
+                    kernels::gemm_parallelism(n * k * m),
                 )
             }
         })?;
@@ -221,7 +213,7 @@ impl Encoder {
         let nh = self.config.num_heads;
         let hd = h / nh;
         let t: usize = input.lens.iter().sum();
-        if input.ids.len() != t || input.type_ids.len() != t || input.embeddings.len() != t * h {
+        if input.type_ids.len() != t || input.embeddings.len() != t * h {
             candle_core::bail!("gradient path: packed rows of inconsistent sizes");
         }
         // Embeddings: words (given) + positions + token types, then LayerNorm.
