@@ -182,40 +182,11 @@ fn lane_sum(v: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn lane_max(v: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let chunks = v.chunks_exact(LANES);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, x| m.max(*x));
-    for c in chunks {
-        for (a, x) in acc.iter_mut().zip(c) {
-            *a = a.max(*x);
-        }
-    }
-    hmax(acc).max(tail)
-}
-
-#[inline(always)]
-fn masked_softmax_row(src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32]) {
-    for ((d, s), b) in dst.iter_mut().zip(src).zip(key_bias) {
-        *d = *s * scale + *b;
-    }
-    let max = lane_max(dst);
-    for d in dst.iter_mut() {
-        *d = exp_f32(*d - max);
-    }
-    let inv = 1.0 / lane_sum(dst);
-    for d in dst.iter_mut() {
-        *d *= inv;
-    }
-}
-#[inline(always)]
 fn masked_softmax_rows(src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32]) {
     let n = key_bias.len();
     for (s, d) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)) {
-        masked_softmax_row(s, key_bias, scale, d);
+        d.copy_from_slice(s);
+        masked_softmax_row_inplace(d, key_bias, scale);
     }
 }
 multiversion!(masked_softmax_dispatch, masked_softmax_rows, (src: &[f32], key_bias: &[f32], scale: f32, dst: &mut [f32]));
