@@ -41,7 +41,7 @@ pub(crate) fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Resul
 
 /// `e^x` for `x` in f32 range, branch-free so it vectorises.
 #[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
+fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
@@ -224,13 +224,19 @@ multiversion!(gelu_erf_rows_dispatch, gelu_erf_rows_body, (src: &[f32], dst: &mu
 
 #[inline(always)]
 fn gelu_erf_grad_body(pre: &[f32], grad: &mut [f32]) {
-    const INV_SQRT_2PI: f32 = 0.398_942_3;
     for (g, &x) in grad.iter_mut().zip(pre) {
-        let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-        *g *= cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x);
+        *g *= gelu_erf_derivative(x);
     }
 }
 multiversion!(gelu_erf_grad_dispatch, gelu_erf_grad_body, (pre: &[f32], grad: &mut [f32]));
+
+/// The exact-form GELU's derivative, `Phi(x) + x phi(x)`.
+#[inline(always)]
+pub(crate) fn gelu_erf_derivative(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+    cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
+}
 
 /// `dst = GELU(src)` (exact form), element-wise and parallel.
 pub(crate) fn gelu_erf_into(src: &[f32], dst: &mut [f32]) {
@@ -1085,7 +1091,7 @@ pub fn layer_norm_input_grad(
 
 /// erf from Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7), as [`gelu_f32`] uses it.
 #[inline(always)]
-pub(crate) fn erf_f32(x: f32) -> f32 {
+fn erf_f32(x: f32) -> f32 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * z);
     let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t
@@ -1103,21 +1109,14 @@ impl CustomOp1 for InputGradGelu {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s, l, "gelu input")?;
-        let out: Vec<f32> = x.iter().map(|&v| gelu_f32(v)).collect();
+        let mut out = vec![0f32; x.len()];
+        gelu_erf_into(x, &mut out);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        const INV_SQRT_2PI: f32 = 0.398_942_3;
         let x = values(arg)?;
-        let g = values(grad_res)?;
-        let dx: Vec<f32> = x
-            .iter()
-            .zip(&g)
-            .map(|(&x, &g)| {
-                let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-                g * (cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x))
-            })
-            .collect();
+        let mut dx = values(grad_res)?;
+        gelu_erf_grad_mul(&x, &mut dx);
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::{Activation, Dense, Encoder, Norm};
 use crate::model::config::Architecture;
-use crate::model::kernels::{self, erf_f32, exp_f32, SharedMut};
+use crate::model::kernels::{self, SharedMut};
 
 /// Token rows packed back to back: `lens[i]` tokens for row `i`.
 pub struct PackedInput<'a> {
@@ -169,11 +169,7 @@ impl Activation {
 
     fn derivative(self, x: f32) -> f32 {
         match self {
-            Activation::GeluErf => {
-                const INV_SQRT_2PI: f32 = 0.398_942_3;
-                let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-                cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
-            }
+            Activation::GeluErf => kernels::gelu_erf_derivative(x),
             Activation::GeluTanh => {
                 const C: f32 = 0.797_884_6; // sqrt(2 / pi)
                 let t = gelu_tanh_inner(x).tanh();
