@@ -31,6 +31,33 @@ pub async fn score<E: Evaluator<Error = ApiError>>(
         .map_err(faithfulness_error)
 }
 
+/// [`score`] when the request asked for `evaluate`, else `None`; the attributions are built
+/// only when asked.
+pub async fn score_if_asked<E: Evaluator<Error = ApiError>>(
+    asked: bool,
+    attributions: impl FnOnce() -> Result<Vec<(usize, Vec<f64>)>, ApiError>,
+    features: &FeatureSet,
+    encoder: &TextEncoder,
+    removal: Removal,
+    truncate: bool,
+    evaluator: &E,
+) -> Result<Option<Vec<Faithfulness>>, ApiError> {
+    if !asked {
+        return Ok(None);
+    }
+    let attributions = attributions()?;
+    score(
+        features,
+        encoder,
+        removal,
+        truncate,
+        &attributions,
+        evaluator,
+    )
+    .await
+    .map(Some)
+}
+
 /// Faithfulness errors in the API's statuses; the evaluator's own errors keep theirs.
 pub fn faithfulness_error(error: FaithfulnessError<ApiError>) -> ApiError {
     match error {

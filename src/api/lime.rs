@@ -184,26 +184,22 @@ pub async fn explain_lime_route(
             )
             .await
             .map_err(lime_error)?;
-            let faithfulness = if evaluate {
-                let attributions: Vec<(usize, Vec<f64>)> = explanation
-                    .labels
-                    .iter()
-                    .map(|l| (l.label, lime_scores(l, features.len())))
-                    .collect();
-                Some(
-                    evaluate::score(
-                        &features,
-                        &encoder,
-                        params.mask,
-                        truncate,
-                        &attributions,
-                        &explained.scope,
-                    )
-                    .await?,
-                )
-            } else {
-                None
-            };
+            let faithfulness = evaluate::score_if_asked(
+                evaluate,
+                || {
+                    Ok(explanation
+                        .labels
+                        .iter()
+                        .map(|l| (l.label, lime_scores(l, features.len())))
+                        .collect())
+                },
+                &features,
+                &encoder,
+                params.mask,
+                truncate,
+                &explained.scope,
+            )
+            .await?;
             Ok::<_, ApiError>((explanation, faithfulness))
         }
         .await;

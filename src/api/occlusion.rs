@@ -154,31 +154,27 @@ pub async fn explain_occlusion_route(
             )
             .await
             .map_err(perturb_error)?;
-            let faithfulness = if evaluate {
-                let d = features.len();
-                let attributions = explained
-                    .targets
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &t)| occlusion_scores(&explanation, i, d).map(|s| (t, s)))
-                    .collect::<Option<Vec<(usize, Vec<f64>)>>>()
-                    .ok_or_else(|| {
-                        ApiError::Internal("leave-one-out gave no score per feature".into())
-                    })?;
-                Some(
-                    evaluate::score(
-                        &features,
-                        &encoder,
-                        mask,
-                        truncate,
-                        &attributions,
-                        &explained.scope,
-                    )
-                    .await?,
-                )
-            } else {
-                None
-            };
+            let faithfulness = evaluate::score_if_asked(
+                evaluate,
+                || {
+                    let d = features.len();
+                    explained
+                        .targets
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &t)| occlusion_scores(&explanation, i, d).map(|s| (t, s)))
+                        .collect::<Option<Vec<(usize, Vec<f64>)>>>()
+                        .ok_or_else(|| {
+                            ApiError::Internal("leave-one-out gave no score per feature".into())
+                        })
+                },
+                &features,
+                &encoder,
+                mask,
+                truncate,
+                &explained.scope,
+            )
+            .await?;
             Ok::<_, ApiError>((explanation, faithfulness))
         }
         .await;

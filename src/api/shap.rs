@@ -155,26 +155,22 @@ pub async fn explain_shap_route(
             )
             .await
             .map_err(perturb_error)?;
-            let faithfulness = if evaluate {
-                let attributions: Vec<(usize, Vec<f64>)> = explanation
-                    .labels
-                    .iter()
-                    .map(|l| (l.label, shap_scores(l, features.len())))
-                    .collect();
-                Some(
-                    evaluate::score(
-                        &features,
-                        &encoder,
-                        mask,
-                        truncate,
-                        &attributions,
-                        &explained.scope,
-                    )
-                    .await?,
-                )
-            } else {
-                None
-            };
+            let faithfulness = evaluate::score_if_asked(
+                evaluate,
+                || {
+                    Ok(explanation
+                        .labels
+                        .iter()
+                        .map(|l| (l.label, shap_scores(l, features.len())))
+                        .collect())
+                },
+                &features,
+                &encoder,
+                mask,
+                truncate,
+                &explained.scope,
+            )
+            .await?;
             Ok::<_, ApiError>((explanation, faithfulness))
         }
         .await;
