@@ -401,6 +401,57 @@ impl Encoder {
         }
     }
 
+    /// The embeddings and their LayerNorm for inference (f32): one parallel pass over the
+    /// tokens in place of three lookups, two additions and a LayerNorm, each a separate
+    /// allocation and most of them single-threaded.
+    fn embed_inference(&self, input: &EncoderInput, pos: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l) = input.mask.dims2()?;
+        let h = self.config.hidden_size;
+        let pos_ids = pos.flatten_all()?.to_vec1::<u32>()?;
+        let type_ids = input.type_ids.flatten_all()?.to_vec1::<u32>()?;
+        let ids = match input.embeddings {
+            Some(_) => None,
+            None => Some(input.ids.flatten_all()?.to_vec1::<u32>()?),
+        };
+        let given = match input.embeddings {
+            Some(e) => Some(e.to_dtype(DType::F32)?.contiguous()?),
+            None => None,
+        };
+        let words = given.as_ref().unwrap_or(&self.word_embeddings);
+        let out = kernels::with_f32(words, "word embeddings", |words| {
+            kernels::with_f32(
+                &self.position_embeddings,
+                "position embeddings",
+                |positions| {
+                    kernels::with_f32(&self.embed_norm.weight, "embedding LayerNorm", |gamma| {
+                        kernels::with_f32(&self.embed_norm.bias, "embedding LayerNorm", |beta| {
+                            let run = |token_types: Option<(&[f32], &[u32])>| {
+                                kernels::embed_layer_norm(&kernels::EmbeddingInput {
+                                    words,
+                                    ids: ids.as_deref(),
+                                    positions: (positions, &pos_ids),
+                                    token_types,
+                                    gamma,
+                                    beta,
+                                    eps: self.embed_norm.eps as f32,
+                                })
+                            };
+                            match &self.token_type_embeddings {
+                                Some(tt) => {
+                                    kernels::with_f32(tt, "token type embeddings", |types| {
+                                        run(Some((types, &type_ids[..])))
+                                    })?
+                                }
+                                None => run(None),
+                            }
+                        })?
+                    })?
+                },
+            )?
+        })??;
+        Tensor::from_vec(out, (b, l, h), &self.device)
+    }
+
     /// Runs the encoder on a padded batch.
     pub fn forward(
         &self,
@@ -412,24 +463,28 @@ impl Encoder {
         let nh = self.config.num_heads;
         let hd = h / nh;
 
-        let words = match input.embeddings {
-            Some(e) => e.clone(),
-            None => self.word_embeddings(input.ids)?,
-        };
         let pos = self.position_ids(input.mask)?;
-        let pos_emb = self
-            .position_embeddings
-            .index_select(&pos.flatten_all()?, 0)?
-            .reshape((b, l, h))?;
-        let mut x = (words + pos_emb)?;
-        if let Some(tt) = &self.token_type_embeddings {
-            let t = tt
-                .index_select(&input.type_ids.flatten_all()?, 0)?
-                .reshape((b, l, h))?;
-            x = (x + t)?;
-        }
         let differentiable = self.differentiable || opts.differentiable;
-        let mut x = self.embed_norm.forward(&x, differentiable)?;
+        let mut x = if !differentiable && self.dtype() == DType::F32 {
+            self.embed_inference(input, &pos)?
+        } else {
+            let words = match input.embeddings {
+                Some(e) => e.clone(),
+                None => self.word_embeddings(input.ids)?,
+            };
+            let pos_emb = self
+                .position_embeddings
+                .index_select(&pos.flatten_all()?, 0)?
+                .reshape((b, l, h))?;
+            let mut x = (words + pos_emb)?;
+            if let Some(tt) = &self.token_type_embeddings {
+                let t = tt
+                    .index_select(&input.type_ids.flatten_all()?, 0)?
+                    .reshape((b, l, h))?;
+                x = (x + t)?;
+            }
+            self.embed_norm.forward(&x, differentiable)?
+        };
 
         // 0 on real keys, -1e4 on padding: [B, L].
         let key_bias =

@@ -85,6 +85,19 @@ impl Head {
 
 /// Mean of `hidden` over real tokens (mask 1), L2-normalised: `[B, L, H]` -> `[B, H]`.
 pub fn mean_pool_normalised(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    if hidden.dtype() == DType::F32 && !hidden.track_op() {
+        // Inference: one parallel pass (candle's reduction over the middle dimension runs on
+        // one thread while the others wait).
+        let (b, l, h) = hidden.dims3()?;
+        let mask = mask.to_dtype(DType::F32)?.contiguous()?;
+        let hidden = hidden.contiguous()?;
+        let out = super::kernels::with_f32(&hidden, "hidden states", |x| {
+            super::kernels::with_f32(&mask, "attention mask", |m| {
+                super::kernels::mean_pool_normalised_rows(x, m, (b, l, h))
+            })
+        })??;
+        return Tensor::from_vec(out, (b, h), hidden.device());
+    }
     let mask = &mask.to_dtype(hidden.dtype())?;
     let m = mask.unsqueeze(2)?; // [B, L, 1]
     let summed = hidden.broadcast_mul(&m)?.sum(1)?; // [B, H]

@@ -235,6 +235,129 @@ fn add_layer_norm_rows(buf: &mut [f32], res: &[f32], gamma: &[f32], beta: &[f32]
 multiversion!(add_layer_norm_dispatch, add_layer_norm_rows,
     (buf: &mut [f32], res: &[f32], gamma: &[f32], beta: &[f32], eps: f32));
 
+/// Reads a contiguous f32 tensor on the CPU in place (no copy) and hands its values to `f`.
+pub(crate) fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (guard, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*guard else {
+        candle_core::bail!("{what}: expected f32 on the CPU")
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{what}: expected a contiguous tensor")
+    };
+    Ok(f(&data[a..b]))
+}
+
+/// The row `id` of an embedding table (`h` wide), or an error when the table has none.
+fn table_row<'a>(table: &'a [f32], h: usize, id: u32, what: &str) -> Result<&'a [f32]> {
+    let at = id as usize * h;
+    table
+        .get(at..at + h)
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} id {id} is outside the table")))
+}
+
+/// The embedding sum and its LayerNorm for inference, in one parallel pass over the tokens:
+/// `LN((word + position) + token_type)` per token (`[N, H]` out), the sums in the order
+/// candle's separate `index_select` and `add` ops used. `words` is either the word table with
+/// `ids` selecting rows, or (gradient methods' inputs) one given row per token.
+pub(crate) struct EmbeddingInput<'a> {
+    pub words: &'a [f32],
+    pub ids: Option<&'a [u32]>,
+    pub positions: (&'a [f32], &'a [u32]),
+    pub token_types: Option<(&'a [f32], &'a [u32])>,
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub eps: f32,
+}
+
+pub(crate) fn embed_layer_norm(input: &EmbeddingInput) -> Result<Vec<f32>> {
+    let h = input.gamma.len();
+    let (pos_table, pos_ids) = input.positions;
+    let n = pos_ids.len();
+    if input.beta.len() != h
+        || input.ids.is_some_and(|ids| ids.len() != n)
+        || (input.ids.is_none() && input.words.len() != n * h)
+        || input.token_types.is_some_and(|(_, t)| t.len() != n)
+    {
+        candle_core::bail!("embeddings: inconsistent shapes for {n} tokens of width {h}");
+    }
+    // Every id is checked before the parallel pass, which then cannot fail.
+    for &id in input.ids.unwrap_or(&[]) {
+        table_row(input.words, h, id, "token")?;
+    }
+    for &id in pos_ids {
+        table_row(pos_table, h, id, "position")?;
+    }
+    if let Some((table, ids)) = input.token_types {
+        for &id in ids {
+            table_row(table, h, id, "token type")?;
+        }
+    }
+    let zeros = vec![0f32; h];
+    let mut out: Vec<f32> = Vec::with_capacity(n * h);
+    out.spare_capacity_mut()
+        .par_chunks_mut(h)
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; h],
+            |row, (t, dst)| {
+                let word = match input.ids {
+                    Some(ids) => &input.words[ids[t] as usize * h..][..h],
+                    None => &input.words[t * h..][..h],
+                };
+                let pos = &pos_table[pos_ids[t] as usize * h..][..h];
+                for ((r, w), p) in row.iter_mut().zip(word).zip(pos) {
+                    *r = w + p;
+                }
+                let types = match input.token_types {
+                    Some((table, ids)) => &table[ids[t] as usize * h..][..h],
+                    None => &zeros[..],
+                };
+                add_layer_norm_dispatch(row, types, input.gamma, input.beta, input.eps);
+                for (d, v) in dst.iter_mut().zip(row.iter()) {
+                    d.write(*v);
+                }
+            },
+        );
+    // SAFETY: the pass above wrote all `n * h` values (one chunk of `h` per token).
+    unsafe { out.set_len(n * h) };
+    Ok(out)
+}
+
+/// Mean over real tokens (`mask` 1) of `[B, L, H]` hidden states, L2-normalised, for
+/// inference: one parallel task per row instead of candle's broadcast product and a
+/// single-threaded strided reduction.
+pub(crate) fn mean_pool_normalised_rows(
+    hidden: &[f32],
+    mask: &[f32],
+    (b, l, h): (usize, usize, usize),
+) -> Vec<f32> {
+    let mut out = vec![0f32; b * h];
+    out.par_chunks_mut(h).enumerate().for_each(|(bi, dst)| {
+        let mut count = 0f32;
+        for t in 0..l {
+            let m = mask[bi * l + t];
+            count += m;
+            if m != 0.0 {
+                for (d, x) in dst.iter_mut().zip(&hidden[(bi * l + t) * h..][..h]) {
+                    *d += x * m;
+                }
+            }
+        }
+        let norm = dst
+            .iter()
+            .map(|v| {
+                let m = v / count;
+                m * m
+            })
+            .sum::<f32>()
+            .sqrt();
+        for d in dst.iter_mut() {
+            *d = (*d / count) / norm;
+        }
+    });
+    out
+}
+
 // ---------------------------------------------------------------- the taped gradient path
 
 #[inline(always)]
@@ -642,7 +765,9 @@ impl CustomOp3 for FusedAttention {
                 l3.dims()
             );
         }
-        let mut ctx = vec![0f32; b * l * h];
+        // Not zeroed first (a serial pass over the whole output): every task writes its
+        // whole `L x hd` block, a masked head as zeros.
+        let mut ctx: Vec<f32> = Vec::with_capacity(b * l * h);
         let out = SharedMut(ctx.as_mut_ptr());
         let scale = self.scale;
         // Score rows start on cache lines (`ls` floats apart): the softmax ends each row with
@@ -662,7 +787,11 @@ impl CustomOp3 for FusedAttention {
                 let v = qkv[base + 2 * h..].as_ptr();
                 let dst = out.at(bi * l * h + hi * hd);
                 if keep == 0.0 {
-                    // A masked head contributes nothing; its context stays zero.
+                    // A masked head contributes nothing: its context is zero.
+                    for r in 0..l {
+                        // SAFETY: row r of this task's block lies inside `ctx`'s capacity.
+                        unsafe { std::ptr::write_bytes(dst.add(r * h), 0, hd) };
+                    }
                     return;
                 }
                 // SAFETY: every pointer stays inside its buffer: Q/K/V rows are `3H` apart with
@@ -694,6 +823,8 @@ impl CustomOp3 for FusedAttention {
                 }
             },
         );
+        // SAFETY: the tasks above wrote every (row, head) block, together all `b * l * h`.
+        unsafe { ctx.set_len(b * l * h) };
         Ok((CpuStorage::F32(ctx), Shape::from_dims(&[b, l, h])))
     }
 }
@@ -1147,6 +1278,116 @@ pub fn gelu_erf_input_grad(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lcg_vec(seed: &mut u64, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The fused embedding pass equals candle's lookups, sums and LayerNorm; given word rows
+    /// equal looked-up ones; an id outside a table is an error, not a panic.
+    #[test]
+    fn embedding_pass_matches_the_composition() {
+        let dev = candle_core::Device::Cpu;
+        let (vocab, max_pos, types, h) = (50, 20, 2, 24);
+        let mut seed = 5;
+        let words = lcg_vec(&mut seed, vocab * h);
+        let positions = lcg_vec(&mut seed, max_pos * h);
+        let type_table = lcg_vec(&mut seed, types * h);
+        let gamma: Vec<f32> = lcg_vec(&mut seed, h).iter().map(|g| 1.0 + g).collect();
+        let beta = lcg_vec(&mut seed, h);
+        let ids: Vec<u32> = vec![3, 17, 49, 0, 8, 8, 21];
+        let pos_ids: Vec<u32> = vec![0, 1, 2, 3, 0, 1, 19];
+        let type_ids: Vec<u32> = vec![0, 0, 1, 1, 0, 1, 1];
+        let t = |v: &[f32], rows: usize| Tensor::from_vec(v.to_vec(), (rows, h), &dev).unwrap();
+        let idx = |v: &[u32]| Tensor::new(v, &dev).unwrap();
+        let sum = ((t(&words, vocab).index_select(&idx(&ids), 0).unwrap()
+            + t(&positions, max_pos)
+                .index_select(&idx(&pos_ids), 0)
+                .unwrap())
+        .unwrap()
+            + t(&type_table, types)
+                .index_select(&idx(&type_ids), 0)
+                .unwrap())
+        .unwrap();
+        let want = candle_nn::ops::layer_norm(
+            &sum,
+            &Tensor::new(gamma.as_slice(), &dev).unwrap(),
+            &Tensor::new(beta.as_slice(), &dev).unwrap(),
+            1e-12,
+        )
+        .unwrap();
+        let input = EmbeddingInput {
+            words: &words,
+            ids: Some(&ids),
+            positions: (&positions, &pos_ids),
+            token_types: Some((&type_table, &type_ids)),
+            gamma: &gamma,
+            beta: &beta,
+            eps: 1e-12,
+        };
+        let got = embed_layer_norm(&input).unwrap();
+        assert!(max_diff(&t(&got, ids.len()), &want) < 1e-5);
+        // The same rows given directly (gradient methods' embeddings).
+        let given: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| words[i as usize * h..][..h].to_vec())
+            .collect();
+        let direct = embed_layer_norm(&EmbeddingInput {
+            words: &given,
+            ids: None,
+            ..input
+        })
+        .unwrap();
+        assert_eq!(direct, got);
+        for (ids, pos, ty) in [
+            (vec![50u32], vec![0u32], vec![0u32]),
+            (vec![1], vec![20], vec![0]),
+            (vec![1], vec![0], vec![2]),
+        ] {
+            let err = embed_layer_norm(&EmbeddingInput {
+                ids: Some(&ids),
+                positions: (&positions, &pos),
+                token_types: Some((&type_table, &ty)),
+                ..input
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains("outside the table"), "{err}");
+        }
+    }
+
+    /// The parallel mean pool equals candle's masked mean and L2 normalisation, padding
+    /// included.
+    #[test]
+    fn mean_pool_matches_the_composition() {
+        let dev = candle_core::Device::Cpu;
+        let (b, l, h) = (3, 7, 16);
+        let mut seed = 9;
+        let hidden = lcg_vec(&mut seed, b * l * h);
+        let lens = [7usize, 3, 1];
+        let mask: Vec<f32> = (0..b * l)
+            .map(|i| if i % l < lens[i / l] { 1.0 } else { 0.0 })
+            .collect();
+        let got = mean_pool_normalised_rows(&hidden, &mask, (b, l, h));
+        let ht = Tensor::from_vec(hidden, (b, l, h), &dev).unwrap();
+        let mt = Tensor::from_vec(mask, (b, l), &dev).unwrap();
+        let summed = ht
+            .broadcast_mul(&mt.unsqueeze(2).unwrap())
+            .unwrap()
+            .sum(1)
+            .unwrap();
+        let mean = summed.broadcast_div(&mt.sum_keepdim(1).unwrap()).unwrap();
+        let norm = mean.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
+        let want = mean.broadcast_div(&norm).unwrap();
+        let got = Tensor::from_vec(got, (b, h), &dev).unwrap();
+        assert!(max_diff(&got, &want) < 1e-6);
+    }
 
     /// Largest absolute difference between two tensors of the same shape.
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
