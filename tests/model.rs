@@ -596,6 +596,64 @@ fn mean_pooling_ignores_padding() {
     );
 }
 
+/// Perturbed rows repeat most tokens at the same positions; the first layer's projection then
+/// runs once per distinct (id, position, type), and the outputs are the same bits as when it
+/// runs for every token, on the f32 path and on AMX tiles (`high`) where the CPU has them.
+#[test]
+fn repeated_tokens_share_the_first_projection_exactly() {
+    let high = minilm_at(Precision::High);
+    let models: Vec<&LoadedModel> = std::iter::once(minilm()).chain(high.as_ref()).collect();
+    for m in models {
+        let ec = &m.encoder_classifier;
+        let ids = m
+            .encoder
+            .encode(
+                "the food was cold and the service painfully slow tonight",
+                false,
+            )
+            .unwrap()
+            .ids;
+        // The original and masked copies ([MASK] = 103), as Kernel SHAP sends them.
+        let rows: Vec<Row> = (0..24)
+            .map(|k| {
+                let mut r = ids.clone();
+                for (i, id) in r.iter_mut().enumerate().skip(1).take(ids.len() - 2) {
+                    if (i * 7 + k * 3) % 5 < k % 4 {
+                        *id = 103;
+                    }
+                }
+                Row::new(r)
+            })
+            .collect();
+        let b = ec.batch(&rows).unwrap();
+        let run = |keep_duplicates| {
+            ec.encoder()
+                .forward(
+                    &b.input(),
+                    ForwardOptions {
+                        keep_duplicates,
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+                .last_hidden_state
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (shared, every) = (run(false), run(true));
+        assert_eq!(shared.len(), every.len());
+        let differ = shared.iter().zip(&every).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differ,
+            0,
+            "{differ} values differ at {}",
+            m.precision.name()
+        );
+    }
+}
+
 #[test]
 fn truncation_is_an_error_unless_asked() {
     let m = minilm();

@@ -261,6 +261,10 @@ pub struct ForwardOptions {
     /// Use the differentiable compositions (LayerNorm, softmax) for this call even if the
     /// encoder was loaded without them, so one copy of the weights serves both paths.
     pub differentiable: bool,
+    /// Run the first layer's projection for every token even where tokens repeat (same id,
+    /// position and type, so the same embedding row and the same projection): the results
+    /// are identical either way; tests and measurements use this to compare.
+    pub keep_duplicates: bool,
 }
 
 /// The input of one forward pass: a right-padded batch.
@@ -404,15 +408,48 @@ impl Encoder {
     /// The embeddings and their LayerNorm for inference (f32): one parallel pass over the
     /// tokens in place of three lookups, two additions and a LayerNorm, each a separate
     /// allocation and most of them single-threaded.
-    fn embed_inference(&self, input: &EncoderInput, pos: &Tensor) -> candle_core::Result<Tensor> {
+    ///
+    /// Perturbed rows repeat most of their tokens at the same positions (a masked word leaves
+    /// the others in place). Unless `keep_duplicates`, when at least a quarter of the tokens
+    /// repeat an earlier (id, position, type), the embeddings are computed once per distinct
+    /// token and also returned on their own with each token's index among them, so the first
+    /// layer's projection (a row-wise product, the same value for the same row) runs once per
+    /// distinct token too.
+    fn embed_inference(
+        &self,
+        input: &EncoderInput,
+        pos: &Tensor,
+        keep_duplicates: bool,
+    ) -> candle_core::Result<(Tensor, Option<(Tensor, Vec<u32>)>)> {
         let (b, l) = input.mask.dims2()?;
         let h = self.config.hidden_size;
-        let pos_ids = pos.flatten_all()?.to_vec1::<u32>()?;
-        let type_ids = input.type_ids.flatten_all()?.to_vec1::<u32>()?;
-        let ids = match input.embeddings {
+        let mut pos_ids = pos.flatten_all()?.to_vec1::<u32>()?;
+        let mut type_ids = input.type_ids.flatten_all()?.to_vec1::<u32>()?;
+        let mut ids = match input.embeddings {
             Some(_) => None,
             None => Some(input.ids.flatten_all()?.to_vec1::<u32>()?),
         };
+        let mut distinct = None;
+        if let (Some(all_ids), false) = (&ids, keep_duplicates) {
+            let n = all_ids.len();
+            let mut index = std::collections::HashMap::with_capacity(n);
+            let mut first = Vec::new();
+            let map: Vec<u32> = (0..n)
+                .map(|t| {
+                    let key = (all_ids[t], pos_ids[t], type_ids[t]);
+                    *index.entry(key).or_insert_with(|| {
+                        first.push(t);
+                        (first.len() - 1) as u32
+                    })
+                })
+                .collect();
+            if first.len() * 4 <= n * 3 {
+                ids = Some(first.iter().map(|&t| all_ids[t]).collect());
+                pos_ids = first.iter().map(|&t| pos_ids[t]).collect();
+                type_ids = first.iter().map(|&t| type_ids[t]).collect();
+                distinct = Some(map);
+            }
+        }
         let given = match input.embeddings {
             Some(e) => Some(e.to_dtype(DType::F32)?.contiguous()?),
             None => None,
@@ -449,7 +486,18 @@ impl Encoder {
                 },
             )?
         })??;
-        Tensor::from_vec(out, (b, l, h), &self.device)
+        match distinct {
+            Some(map) => {
+                let x =
+                    Tensor::from_vec(kernels::gather_rows(&out, h, &map), (b, l, h), &self.device)?;
+                let rows = out.len() / h;
+                Ok((
+                    x,
+                    Some((Tensor::from_vec(out, (rows, h), &self.device)?, map)),
+                ))
+            }
+            None => Ok((Tensor::from_vec(out, (b, l, h), &self.device)?, None)),
+        }
     }
 
     /// Runs the encoder on a padded batch.
@@ -465,8 +513,11 @@ impl Encoder {
 
         let pos = self.position_ids(input.mask)?;
         let differentiable = self.differentiable || opts.differentiable;
+        let mut distinct = None;
         let mut x = if !differentiable && self.dtype() == DType::F32 {
-            self.embed_inference(input, &pos)?
+            let (x, d) = self.embed_inference(input, &pos, opts.keep_duplicates)?;
+            distinct = d;
+            x
         } else {
             let words = match input.embeddings {
                 Some(e) => e.clone(),
@@ -500,7 +551,18 @@ impl Encoder {
         let all_heads = Tensor::ones((b, nh), DType::F32, &self.device)?;
 
         for (li, layer) in self.layers.iter().enumerate() {
-            let qkv = layer.qkv.forward_fast(&x, fast)?; // [B, L, 3H]
+            let qkv = match (&distinct, li) {
+                // The first projection once per distinct token, then copied to each token.
+                (Some((rows, map)), 0) => {
+                    let once = layer.qkv.forward_fast(rows, fast)?;
+                    let width = once.dim(1)?;
+                    let all = kernels::with_f32(&once, "first projection", |v| {
+                        kernels::gather_rows(v, width, map)
+                    })?;
+                    Tensor::from_vec(all, (b, l, width), &self.device)?
+                }
+                _ => layer.qkv.forward_fast(&x, fast)?, // [B, L, 3H]
+            };
             let ctx = if fused {
                 let keep = match input.head_mask {
                     Some(hm) => hm.i((.., li, ..))?,

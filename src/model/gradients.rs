@@ -108,8 +108,8 @@ pub fn input_gradients(
     let out = model.encoder().forward(
         &input,
         ForwardOptions {
-            attentions: false,
             differentiable: true,
+            ..Default::default()
         },
     )?;
     let picked = picked_outputs(model, &out.last_hidden_state, &batch.mask, targets, output)?;

@@ -323,6 +323,22 @@ pub(crate) fn embed_layer_norm(input: &EmbeddingInput) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// Row `map[t]` of `src` (rows `width` wide) as row `t` of the result, in parallel.
+pub(crate) fn gather_rows(src: &[f32], width: usize, map: &[u32]) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(map.len() * width);
+    out.spare_capacity_mut()
+        .par_chunks_mut(width)
+        .zip(map.par_iter())
+        .for_each(|(dst, &row)| {
+            for (d, v) in dst.iter_mut().zip(&src[row as usize * width..][..width]) {
+                d.write(*v);
+            }
+        });
+    // SAFETY: every one of the `map.len()` rows of `width` values was written above.
+    unsafe { out.set_len(map.len() * width) };
+    out
+}
+
 /// Mean over real tokens (`mask` 1) of `[B, L, H]` hidden states, L2-normalised, for
 /// inference: one parallel task per row instead of candle's broadcast product and a
 /// single-threaded strided reduction.
