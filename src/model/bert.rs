@@ -289,6 +289,9 @@ pub struct EncoderOutput {
     pub attentions: Option<Vec<Tensor>>,
 }
 
+/// The embeddings of a batch's distinct tokens (`[D, H]`) and, per token, its index among them.
+type DistinctTokens = (Tensor, Vec<u32>);
+
 /// The transformer encoder (embeddings + layers), without a head.
 #[derive(Clone, Debug)]
 pub struct Encoder {
@@ -420,7 +423,7 @@ impl Encoder {
         input: &EncoderInput,
         pos: &Tensor,
         keep_duplicates: bool,
-    ) -> candle_core::Result<(Tensor, Option<(Tensor, Vec<u32>)>)> {
+    ) -> candle_core::Result<(Tensor, Option<DistinctTokens>)> {
         let (b, l) = input.mask.dims2()?;
         let h = self.config.hidden_size;
         let mut pos_ids = pos.flatten_all()?.to_vec1::<u32>()?;
