@@ -708,7 +708,13 @@ multiversion_amx! {
                 if r < rows {
                     let start = kb * KSTEP;
                     let len = KSTEP.min(k - start);
-                    vals[..len].copy_from_slice(&src[r * k + start..r * k + start + len]);
+                    if len == KSTEP {
+                        // A whole block: a fixed-size copy (two vector loads), not a call to
+                        // memcpy for 128 bytes.
+                        vals = src[r * k + start..][..KSTEP].try_into().expect("32 values");
+                    } else {
+                        vals[..len].copy_from_slice(&src[r * k + start..r * k + start + len]);
+                    }
                 }
                 let at = |plane: usize| ((kb * planes + plane) * 16 + r) * KSTEP;
                 let base = dst.as_mut_ptr();
