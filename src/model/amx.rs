@@ -598,8 +598,13 @@ multiversion_amx! {
         for r in 0..BLOCK {
             let group = 2 * rb + r / 16;
             let mut vals = [0f32; KSTEP];
-            for (v, x) in vals.iter_mut().zip(&block[r * BLOCK..(r + 1) * BLOCK]) {
-                *v = crate::model::kernels::gelu_f32(*x);
+            for half in 0..2 {
+                // SAFETY: `v4` runs with AVX-512 F; 16 values at each half of row r.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    let x = _mm512_loadu_ps(block.as_ptr().add(r * BLOCK + 16 * half));
+                    _mm512_storeu_ps(vals.as_mut_ptr().add(16 * half), crate::model::kernels::gelu_avx512(x));
+                }
             }
             let at = |plane: usize| {
                 ((group * k_blocks + cb) * planes + plane.min(planes - 1)) * TILE_ELEMS + (r % 16) * KSTEP
