@@ -516,11 +516,8 @@ impl Encoder {
 
         let pos = self.position_ids(input.mask)?;
         let differentiable = self.differentiable || opts.differentiable;
-        let mut distinct = None;
-        let mut x = if !differentiable && self.dtype() == DType::F32 {
-            let (x, d) = self.embed_inference(input, &pos, opts.keep_duplicates)?;
-            distinct = d;
-            x
+        let (mut x, distinct) = if !differentiable && self.dtype() == DType::F32 {
+            self.embed_inference(input, &pos, opts.keep_duplicates)?
         } else {
             let words = match input.embeddings {
                 Some(e) => e.clone(),
@@ -537,7 +534,7 @@ impl Encoder {
                     .reshape((b, l, h))?;
                 x = (x + t)?;
             }
-            self.embed_norm.forward(&x, differentiable)?
+            (self.embed_norm.forward(&x, differentiable)?, None)
         };
 
         // 0 on real keys, -1e4 on padding: [B, L].

@@ -299,13 +299,14 @@ unsafe fn gelu_apply(src: *const f32, dst: *mut f32, n: usize, bias: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
+        // Both loops run over at most one row: with a bias, `n <= bias.len()` (see below).
         #[target_feature(enable = "avx512f")]
         unsafe fn run512(src: *const f32, dst: *mut f32, n: usize, bias: &[f32]) -> usize {
             let mut k = 0;
-            while k + 16 <= n && (bias.is_empty() || (k % bias.len()) + 16 <= bias.len()) {
+            while k + 16 <= n {
                 let mut v = _mm512_loadu_ps(src.add(k));
                 if !bias.is_empty() {
-                    v = _mm512_add_ps(v, _mm512_loadu_ps(bias.as_ptr().add(k % bias.len())));
+                    v = _mm512_add_ps(v, _mm512_loadu_ps(bias.as_ptr().add(k)));
                 }
                 _mm512_storeu_ps(dst.add(k), gelu_avx512(v));
                 k += 16;
@@ -315,17 +316,18 @@ unsafe fn gelu_apply(src: *const f32, dst: *mut f32, n: usize, bias: &[f32]) {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn run256(src: *const f32, dst: *mut f32, n: usize, bias: &[f32]) -> usize {
             let mut k = 0;
-            while k + 8 <= n && (bias.is_empty() || (k % bias.len()) + 8 <= bias.len()) {
+            while k + 8 <= n {
                 let mut v = _mm256_loadu_ps(src.add(k));
                 if !bias.is_empty() {
-                    v = _mm256_add_ps(v, _mm256_loadu_ps(bias.as_ptr().add(k % bias.len())));
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(bias.as_ptr().add(k)));
                 }
                 _mm256_storeu_ps(dst.add(k), gelu_avx2(v));
                 k += 8;
             }
             k
         }
-        // Rows of `bias.len()` values go one at a time so a vector never straddles two.
+        // Rows of `bias.len()` values go one at a time (a row starts at bias value 0), so the
+        // vector loops index the bias like the row and never straddle two rows.
         let row = if bias.is_empty() { n } else { bias.len() };
         let wide = if std::is_x86_feature_detected!("avx512f") {
             Some(run512 as unsafe fn(*const f32, *mut f32, usize, &[f32]) -> usize)

@@ -10,7 +10,7 @@
 //! DistilBERT and RoBERTa layers); the head stays on candle's autograd (it is cheap, and one
 //! code path serves every head), see [`crate::model::gradients`].
 
-use candle_core::{CpuStorage, Storage, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::{Activation, Dense, Encoder, Norm};
@@ -55,16 +55,9 @@ pub struct Tape<'e> {
     layers: Vec<LayerCache>,
 }
 
-/// Runs `f` on the f32 values of a contiguous CPU tensor without copying them.
+/// Runs `f` on the f32 values of a contiguous CPU weight tensor without copying them.
 fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let (guard, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*guard else {
-        candle_core::bail!("gradient path: the weights must be f32 on the CPU")
-    };
-    let Some((a, b)) = layout.contiguous_offsets() else {
-        candle_core::bail!("gradient path: the weights must be contiguous")
-    };
-    Ok(f(&data[a..b]))
+    kernels::with_f32(t, "gradient path weights", f)
 }
 
 impl Dense {
