@@ -1018,6 +1018,10 @@ mod tests {
             eprintln!("skipped: this CPU has no AMX bf16 (the bf16 mode is refused at load)");
             return;
         }
+        let two_threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a pool of two threads");
         let mut seed = 7;
         for &(n, k, m) in &[
             (1, 32, 32),
@@ -1025,6 +1029,9 @@ mod tests {
             (32, 384, 1152),
             (47, 100, 70),
             (70, 1536, 384),
+            // 10 row blocks and a weight under 1 MiB: with two threads (the pool below) they
+            // split the rows, each keeping the whole weight.
+            (300, 384, 96),
         ] {
             let w: Vec<f32> = (0..k * m).map(|_| lcg(&mut seed)).collect();
             let b: Vec<f32> = (0..m).map(|_| lcg(&mut seed)).collect();
@@ -1051,7 +1058,7 @@ mod tests {
                 let mut worst = 0f64;
                 for with_bias in [true, false] {
                     let mut out = vec![f32::NAN; n * m];
-                    packed.matmul_into(&x, n, with_bias, &mut out);
+                    two_threads.install(|| packed.matmul_into(&x, n, with_bias, &mut out));
                     for i in 0..n {
                         for j in 0..m {
                             let mut acc = if with_bias { b[j] as f64 } else { 0.0 };
