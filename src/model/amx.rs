@@ -404,11 +404,20 @@ impl PackedBf16 {
             threads.clamp(1, col_blocks)
         };
         let per_group = col_blocks.div_ceil(groups);
-        // One task per (group, row block): the group's column blocks in order, so a GELU
-        // epilogue can run while the next block multiplies (see `run_gelu`).
+        // One task per (group, row block, run of column blocks): a run's blocks go in order,
+        // so a GELU epilogue can run while the next block multiplies (see `run_gelu`). With
+        // few rows a (group, row block) is cut into shorter runs so that there are at least
+        // 8 tasks per thread to balance (a single 64-token row has 2 row blocks: 4 tasks of 24
+        // blocks each would leave a thread idle whenever one started late).
+        let min_items = 8 * threads;
+        let parts = min_items.div_ceil(groups * row_blocks).clamp(1, per_group);
+        let run = per_group.div_ceil(parts);
         let work = |item: usize| {
-            let (group, rb) = (item / row_blocks, item % row_blocks);
-            let cbs = group * per_group..((group + 1) * per_group).min(col_blocks);
+            let (group, rest) = (item / (row_blocks * parts), item % (row_blocks * parts));
+            let (rb, part) = (rest / parts, rest % parts);
+            let first = group * per_group + part * run;
+            let end = ((group + 1) * per_group).min(first + run).min(col_blocks);
+            let cbs = first..end.max(first);
             // SAFETY: AMX is available (asserted by the callers); every task writes its own
             // blocks of the output (rows rb*32.., columns cb*32.. for its cbs), inside its
             // bounds.
@@ -423,7 +432,7 @@ impl PackedBf16 {
                 }
             }
         };
-        let items = groups * row_blocks;
+        let items = groups * row_blocks * parts;
         let flops = 2 * np * self.kp * self.mp * self.planes.products().len();
         if items > 1 && flops >= 1 << 20 {
             (0..items).into_par_iter().for_each(work);
