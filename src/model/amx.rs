@@ -28,6 +28,7 @@
 //! process by [`available`]; each thread loads the tile configuration before its first block.
 
 use std::arch::asm;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -380,6 +381,90 @@ impl PackedBf16 {
         );
     }
 
+    /// Whether a product over `row_blocks` blocks of 32 rows cuts K in two halves (see
+    /// [`PackedBf16::multiply_split_k`]): with at least two threads, enough row blocks to
+    /// share, and an input at least twice as wide as the output (the feed-forward block's
+    /// second product, K = 4 x M), where reading the input is what column groups pay for.
+    fn splits_k(&self, row_blocks: usize) -> bool {
+        let threads = rayon::current_num_threads().max(1);
+        threads >= 2 && self.kp >= 2 * self.mp && self.kp >= 2 * KSTEP && row_blocks >= 4 * threads
+    }
+
+    /// `a @ W + b` into `out` with K cut in two halves, each run by half of the threads: the
+    /// first half's blocks start from the bias and are stored in `out`; the second half's
+    /// blocks start from those stored values (a tile load, exact) once they are there, and
+    /// go on over the remaining K blocks. Every block thus accumulates in the same order as
+    /// in [`PackedBf16::multiply`]: the same bits, whatever the batch.
+    ///
+    /// With column groups alone every thread reads the whole input; here each reads the half
+    /// of the input its K half needs, and the output, four times narrower than the input in
+    /// a feed-forward block's second product, is written twice and read once more. With the
+    /// first product's column groups (one per thread) a thread's K half is then mostly the
+    /// part of the activation it wrote itself. The second half trails the first by about one
+    /// row block.
+    fn multiply_split_k(&self, a: &[u16], n: usize, np: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), n * self.m);
+        let row_blocks = np / BLOCK;
+        let col_blocks = self.mp / BLOCK;
+        let k_blocks = self.kp / KSTEP;
+        let threads = rayon::current_num_threads().max(1);
+        let groups = (threads / 2).clamp(1, col_blocks);
+        let per_group = col_blocks.div_ceil(groups);
+        let out = OutPtr(out.as_mut_ptr());
+        // (group, row block) items whose first half is stored.
+        let done: Vec<AtomicBool> = (0..groups * row_blocks)
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        let half = |second: bool, item: usize| {
+            let (group, rb) = (item / row_blocks, item % row_blocks);
+            let (start, kbs) = if second {
+                // Spin (yielding now and then) until the first half of these blocks is
+                // stored. The first half never waits, so this always ends: its items run on
+                // other threads or, once this thread is done, on this one.
+                let mut spins = 0u32;
+                while !done[item].load(Ordering::Acquire) {
+                    spins += 1;
+                    if spins.is_multiple_of(64) {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                (Start::Output(out), k_blocks / 2..k_blocks)
+            } else {
+                (Start::Bias, 0..k_blocks / 2)
+            };
+            for cb in group * per_group..((group + 1) * per_group).min(col_blocks) {
+                // SAFETY: AMX is available (asserted by the callers); each (half, item) is one
+                // task; the second half's task for a block runs after the first's stored it
+                // (the flag's release/acquire), and the two never touch it at once.
+                unsafe {
+                    self.block(
+                        a,
+                        (rb, cb),
+                        n,
+                        start,
+                        Epilogue::Store(out),
+                        None,
+                        kbs.clone(),
+                    )
+                };
+            }
+            if !second {
+                done[item].store(true, Ordering::Release);
+            }
+        };
+        let items = groups * row_blocks;
+        rayon::join(
+            || {
+                (0..items)
+                    .into_par_iter()
+                    .for_each(|item| half(false, item))
+            },
+            || (0..items).into_par_iter().for_each(|item| half(true, item)),
+        );
+    }
+
     /// [`PackedBf16::multiply`] with the blocks handed to `epilogue`.
     fn multiply_with(&self, a: &[u16], n: usize, np: usize, with_bias: bool, epilogue: Epilogue) {
         let row_blocks = np / BLOCK;
@@ -425,7 +510,15 @@ impl PackedBf16 {
                 match epilogue {
                     Epilogue::Store(_) | Epilogue::Local(_) => {
                         for cb in cbs {
-                            self.block(a, (rb, cb), n, with_bias, epilogue, None);
+                            self.block(
+                                a,
+                                (rb, cb),
+                                n,
+                                Start::bias(with_bias),
+                                epilogue,
+                                None,
+                                0..self.kp / KSTEP,
+                            );
                         }
                     }
                     Epilogue::GeluTiles { .. } => self.run_gelu(a, rb, cbs, n, with_bias, epilogue),
@@ -489,9 +582,10 @@ impl PackedBf16 {
                 a,
                 (rb, cb),
                 n,
-                with_bias,
+                Start::bias(with_bias),
                 Epilogue::Local(OutPtr(current.0.as_mut_ptr())),
                 pending.as_ref(),
+                0..self.kp / KSTEP,
             );
             previous = Some((i, cb));
         }
@@ -508,21 +602,23 @@ impl PackedBf16 {
         }
     }
 
-    /// One 32 x 32 output block: four accumulator tiles, started from the bias (or zero),
-    /// over the whole K, then handed to `epilogue`.
+    /// One 32 x 32 output block: four accumulator tiles, started as `start` says, over the
+    /// K blocks `kbs` (all of them but in a split product), then handed to `epilogue`.
     ///
     /// # Safety
     /// AMX must be [`available`]; `a` holds the input tiles with `rb` in range; the
-    /// epilogue's output is sized for `n x m` (or the next layer's tiles) and no other task
-    /// writes this block.
+    /// epilogue's output (and a [`Start::Output`]) is sized for `n x m` (or the next layer's
+    /// tiles) and no other task touches this block meanwhile.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn block(
         &self,
         a: &[u16],
         (rb, cb): (usize, usize),
         n: usize,
-        with_bias: bool,
+        start: Start,
         epilogue: Epilogue,
         overlap: Option<&PendingGelu>,
+        kbs: std::ops::Range<usize>,
     ) {
         configure_tiles();
         let k_blocks = self.kp / KSTEP;
@@ -555,30 +651,50 @@ impl PackedBf16 {
             }
         };
         let c0 = 2 * cb; // first column block of 16
-        if with_bias {
-            let b0 = self.bias_tiles.as_slice().as_ptr().add(c0 * 16 * TILE_COLS);
-            let b1 = b0.add(16 * TILE_COLS);
-            asm!(
-                "tileloadd tmm0, [{b0} + {s}*1]",
-                "tileloadd tmm1, [{b1} + {s}*1]",
-                "tileloadd tmm2, [{b0} + {s}*1]",
-                "tileloadd tmm3, [{b1} + {s}*1]",
-                b0 = in(reg) b0, b1 = in(reg) b1, s = in(reg) 64usize,
-                options(nostack, readonly),
-            );
-        } else {
-            asm!(
+        match start {
+            Start::Bias => {
+                let b0 = self.bias_tiles.as_slice().as_ptr().add(c0 * 16 * TILE_COLS);
+                let b1 = b0.add(16 * TILE_COLS);
+                asm!(
+                    "tileloadd tmm0, [{b0} + {s}*1]",
+                    "tileloadd tmm1, [{b1} + {s}*1]",
+                    "tileloadd tmm2, [{b0} + {s}*1]",
+                    "tileloadd tmm3, [{b1} + {s}*1]",
+                    b0 = in(reg) b0, b1 = in(reg) b1, s = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
+            Start::Zero => asm!(
                 "tilezero tmm0",
                 "tilezero tmm1",
                 "tilezero tmm2",
                 "tilezero tmm3",
                 options(nostack, nomem)
-            );
+            ),
+            Start::Output(out) => {
+                let (row0, col0) = (rb * BLOCK, cb * BLOCK);
+                let rows = BLOCK.min(n - row0);
+                let cols = BLOCK.min(self.m - col0);
+                if rows == BLOCK && cols == BLOCK {
+                    load_tiles(out.0.add(row0 * self.m + col0), self.m * 4);
+                } else {
+                    let mut local = AlignedBlock([0f32; BLOCK * BLOCK]);
+                    for r in 0..rows {
+                        let src = out.0.add((row0 + r) * self.m + col0);
+                        std::ptr::copy_nonoverlapping(
+                            src,
+                            local.0.as_mut_ptr().add(r * BLOCK),
+                            cols,
+                        );
+                    }
+                    load_tiles(local.0.as_ptr(), BLOCK * 4);
+                }
+            }
         }
         if self.planes == Planes::Two {
             // The three products of a split pair share operands: ten tile loads
             // instead of twelve (hi x hi, hi x lo with the input tiles kept, lo x hi).
-            for kb in 0..k_blocks {
+            for kb in kbs.clone() {
                 asm!(
                     "tileloadd tmm4, [{a0h} + {s}*1]",
                     "tileloadd tmm6, [{w0h} + {s}*1]",
@@ -618,7 +734,7 @@ impl PackedBf16 {
                 overlap_step(kb);
             }
         } else {
-            for kb in 0..k_blocks {
+            for kb in kbs {
                 for &(pa, pw) in self.planes.products() {
                     asm!(
                         "tileloadd tmm4, [{a0} + {s}*1]",
@@ -698,6 +814,28 @@ enum Epilogue {
     Local(OutPtr),
 }
 
+/// What a block's accumulators start from.
+#[derive(Clone, Copy)]
+enum Start {
+    /// The bias.
+    Bias,
+    /// Zero.
+    Zero,
+    /// The block's own values in the `n x m` f32 output, as a first K half left them (see
+    /// [`PackedBf16::multiply_split_k`]).
+    Output(OutPtr),
+}
+
+impl Start {
+    fn bias(with_bias: bool) -> Self {
+        if with_bias {
+            Start::Bias
+        } else {
+            Start::Zero
+        }
+    }
+}
+
 /// A finished block waiting for its GELU epilogue (see [`PackedBf16::run_gelu`]).
 #[derive(Clone, Copy)]
 struct PendingGelu<'b> {
@@ -768,6 +906,26 @@ unsafe fn store_tiles(base: *mut f32, stride: usize) {
         c3 = in(reg) lower.add(16),
         s = in(reg) stride,
         options(nostack),
+    );
+}
+
+/// Loads a 32 x 32 f32 block at `base` (`stride` bytes per row) into the four accumulators.
+///
+/// # Safety
+/// `base` must have 32 rows of 32 readable f32 at `stride` bytes apart; tiles configured.
+unsafe fn load_tiles(base: *const f32, stride: usize) {
+    let lower = base.add(16 * stride / 4);
+    asm!(
+        "tileloadd tmm0, [{c0} + {s}*1]",
+        "tileloadd tmm1, [{c1} + {s}*1]",
+        "tileloadd tmm2, [{c2} + {s}*1]",
+        "tileloadd tmm3, [{c3} + {s}*1]",
+        c0 = in(reg) base,
+        c1 = in(reg) base.add(16),
+        c2 = in(reg) lower,
+        c3 = in(reg) lower.add(16),
+        s = in(reg) stride,
+        options(nostack, readonly),
     );
 }
 
@@ -937,7 +1095,11 @@ impl CustomOp1 for FeedForward<'_> {
                             planes,
                         },
                     );
-                    outer.multiply(mid.as_slice(), n, np, true, &mut out);
+                    if outer.splits_k(np / BLOCK) {
+                        outer.multiply_split_k(mid.as_slice(), n, np, &mut out);
+                    } else {
+                        outer.multiply(mid.as_slice(), n, np, true, &mut out);
+                    }
                 });
             });
         }
@@ -1116,8 +1278,15 @@ mod tests {
             eprintln!("skipped: this CPU has no AMX bf16");
             return;
         }
+        // Two threads, so that the largest case (10 row blocks, K = 4 x M in the second
+        // product) cuts the second product in two K halves (`multiply_split_k`), which must
+        // give the unsplit product's bits.
+        let two_threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a pool of two threads");
         let mut seed = 11;
-        for &(n, k, i) in &[(1, 40, 70), (37, 64, 96), (70, 384, 1536)] {
+        for &(n, k, i) in &[(1, 40, 70), (37, 64, 96), (70, 384, 1536), (300, 96, 384)] {
             let w1: Vec<f32> = (0..k * i).map(|_| lcg(&mut seed)).collect();
             let b1: Vec<f32> = (0..i).map(|_| lcg(&mut seed)).collect();
             let w2: Vec<f32> = (0..i * k).map(|_| lcg(&mut seed) * 0.2).collect();
@@ -1133,7 +1302,10 @@ mod tests {
                 let mut want = vec![0f32; n * k];
                 outer.matmul_into(&mid, n, true, &mut want);
                 let xt = Tensor::from_vec(x.clone(), (n, k), &candle_core::Device::Cpu).unwrap();
-                let got = feed_forward_gelu(&xt, &inner, &outer)
+                let split = two_threads.install(|| outer.splits_k(round_up(n, BLOCK) / BLOCK));
+                assert_eq!(split, n == 300, "{n}x{k}x{i}");
+                let got = two_threads
+                    .install(|| feed_forward_gelu(&xt, &inner, &outer))
                     .unwrap()
                     .flatten_all()
                     .unwrap()
