@@ -1285,15 +1285,27 @@ mod tests {
             eprintln!("skipped: this CPU has no AMX bf16");
             return;
         }
-        // Two threads, so that the largest case (10 row blocks, K = 4 x M in the second
-        // product) cuts the second product in two K halves (`multiply_split_k`), which must
-        // give the unsplit product's bits.
-        let two_threads = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .expect("a pool of two threads");
+        // Pools of 2, 3 and 5 threads, so that the two largest cases (10 and 22 row blocks,
+        // K = 4 x M in the second product) cut the second product in two K halves
+        // (`multiply_split_k`) with one or two column groups per half (uneven ones with 5
+        // threads: 3 column blocks in 2 groups), which must give the unsplit product's bits.
+        let pools: Vec<rayon::ThreadPool> = [2, 3, 5]
+            .iter()
+            .map(|&t| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .expect("a thread pool")
+            })
+            .collect();
         let mut seed = 11;
-        for &(n, k, i) in &[(1, 40, 70), (37, 64, 96), (70, 384, 1536), (300, 96, 384)] {
+        for &(n, k, i) in &[
+            (1, 40, 70),
+            (37, 64, 96),
+            (70, 384, 1536),
+            (300, 96, 384),
+            (700, 96, 384),
+        ] {
             let w1: Vec<f32> = (0..k * i).map(|_| lcg(&mut seed)).collect();
             let b1: Vec<f32> = (0..i).map(|_| lcg(&mut seed)).collect();
             let w2: Vec<f32> = (0..i * k).map(|_| lcg(&mut seed) * 0.2).collect();
@@ -1309,16 +1321,21 @@ mod tests {
                 let mut want = vec![0f32; n * k];
                 outer.matmul_into(&mid, n, true, &mut want);
                 let xt = Tensor::from_vec(x.clone(), (n, k), &candle_core::Device::Cpu).unwrap();
-                let split = two_threads.install(|| outer.splits_k(round_up(n, BLOCK) / BLOCK));
-                assert_eq!(split, n == 300, "{n}x{k}x{i}");
-                let got = two_threads
-                    .install(|| feed_forward_gelu(&xt, &inner, &outer))
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
-                assert_eq!(got, want, "{planes:?} {n}x{k}x{i}");
+                let row_blocks = round_up(n, BLOCK) / BLOCK;
+                for pool in &pools {
+                    let threads = pool.current_num_threads();
+                    let split = pool.install(|| outer.splits_k(row_blocks));
+                    let expected = n >= 300 && row_blocks >= 4 * threads;
+                    assert_eq!(split, expected, "{n}x{k}x{i} on {threads} threads");
+                    let got = pool
+                        .install(|| feed_forward_gelu(&xt, &inner, &outer))
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    assert_eq!(got, want, "{planes:?} {n}x{k}x{i} on {threads} threads");
+                }
             }
         }
     }
