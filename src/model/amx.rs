@@ -390,8 +390,10 @@ impl PackedBf16 {
     /// share, and an input at least twice as wide as the output (the feed-forward block's
     /// second product, K = 4 x M), where reading the input is what column groups pay for.
     fn splits_k(&self, row_blocks: usize) -> bool {
-        let threads = rayon::current_num_threads().max(1);
-        threads >= 2 && self.kp >= 2 * self.mp && self.kp >= 2 * KSTEP && row_blocks >= 4 * threads
+        rayon::current_num_threads() >= 2
+            && self.kp >= 2 * self.mp
+            && self.kp >= 2 * KSTEP
+            && enough_row_blocks(row_blocks)
     }
 
     /// `a @ W + b` into `out` with K cut in two halves, each run by half of the threads: the
@@ -489,7 +491,7 @@ impl PackedBf16 {
         // there are enough row blocks to share.
         let threads = rayon::current_num_threads().max(1);
         let whole =
-            self.tiles.len * std::mem::size_of::<u16>() <= 1 << 20 && row_blocks >= 4 * threads;
+            self.tiles.len * std::mem::size_of::<u16>() <= 1 << 20 && enough_row_blocks(row_blocks);
         let groups = if whole {
             1
         } else {
@@ -801,6 +803,13 @@ impl PackedBf16 {
             }
         }
     }
+}
+
+/// Whether `row_blocks` blocks of 32 rows are enough for the threads to share them out (at
+/// least four per thread): the condition for splitting a product by rows
+/// ([`PackedBf16::multiply_with`]) or by K halves ([`PackedBf16::multiply_split_k`]).
+fn enough_row_blocks(row_blocks: usize) -> bool {
+    row_blocks >= 4 * rayon::current_num_threads().max(1)
 }
 
 /// Where a finished 32 x 32 block goes.
