@@ -1102,9 +1102,19 @@ impl CustomOp3 for FusedAttention {
         // a masked store of its last partial chunk, and a load of the next row's first chunk
         // from the same line could not be forwarded from it and stalled until it retired.
         let ls = l.next_multiple_of(16);
+        // Head width 32 on AVX-512: the hand-written products (see `head32`).
+        #[cfg(target_arch = "x86_64")]
+        let head32 = hd == head32::HD && std::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let head32 = false;
         (0..b * nh).into_par_iter().for_each_init(
-            || vec![0f32; l * ls + 16],
-            |buf, task| {
+            || {
+                (
+                    vec![0f32; l * ls + 16],
+                    vec![0f32; if head32 { hd * ls } else { 0 }],
+                )
+            },
+            |(buf, kt), task| {
                 let skip = (16 - (buf.as_ptr() as usize % 64) / 4) % 16;
                 let scores = &mut buf[skip..skip + l * ls];
                 let (bi, hi) = (task / nh, task % nh);
@@ -1123,31 +1133,58 @@ impl CustomOp3 for FusedAttention {
                     return;
                 }
                 // SAFETY: every pointer stays inside its buffer: Q/K/V rows are `3H` apart with
-                // `hd` columns from `base`, the scores buffer is `L x ls`, and this task alone
-                // writes the `L x hd` block of `ctx` at (row bi, head hi).
+                // `hd` columns from `base`, the scores buffer is `L x ls`, `kt` is `hd x ls`,
+                // and this task alone writes the `L x hd` block of `ctx` at (row bi, head hi);
+                // `head32` only where the CPU has AVX-512 F.
                 unsafe {
-                    small_gemm(
-                        (l, l, hd),
-                        scores.as_mut_ptr(),
-                        ls,
-                        (q, three_h, 1),
-                        (k, 1, three_h),
-                        1.0,
-                    );
+                    // This task's Q, K and V rows are 3H apart, a page or more: the hardware
+                    // prefetchers do not follow them, and the products stalled on each row
+                    // (measured on a 64 x 73-token batch: the whole forward pass 4% faster
+                    // with these prefetches, 2026-11-29).
+                    #[cfg(target_arch = "x86_64")]
+                    for j in 0..l {
+                        for p in [q, k, v] {
+                            let row = p.add(j * three_h).cast::<i8>();
+                            for line in (0..hd * 4).step_by(64) {
+                                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(line));
+                            }
+                        }
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    if head32 {
+                        head32::scores(q, k, three_h, l, ls, kt, scores.as_mut_ptr());
+                    }
+                    if !head32 {
+                        small_gemm(
+                            (l, l, hd),
+                            scores.as_mut_ptr(),
+                            ls,
+                            (q, three_h, 1),
+                            (k, 1, three_h),
+                            1.0,
+                        );
+                    }
                 }
                 masked_softmax_dispatch_rows(scores, ls, &key_bias[bi * l..(bi + 1) * l], scale);
                 if keep != 1.0 {
                     scores.iter_mut().for_each(|p| *p *= keep);
                 }
                 unsafe {
-                    small_gemm(
-                        (l, hd, l),
-                        dst,
-                        h,
-                        (scores.as_ptr(), ls, 1),
-                        (v, three_h, 1),
-                        1.0,
-                    );
+                    #[cfg(target_arch = "x86_64")]
+                    if head32 {
+                        head32::context(scores.as_ptr(), ls, v, three_h, l, dst, h);
+                    }
+                    if !head32 {
+                        small_gemm(
+                            (l, hd, l),
+                            dst,
+                            h,
+                            (scores.as_ptr(), ls, 1),
+                            (v, three_h, 1),
+                            1.0,
+                        );
+                    }
                 }
             },
         );
@@ -1351,6 +1388,173 @@ pub(crate) unsafe fn small_gemm(
         false,
         gemm::Parallelism::None,
     );
+}
+
+/// Attention products of one (row, head) with head width 32 on AVX-512, register-blocked and
+/// without `gemm`'s packing (which cost as much as its multiply-adds at these sizes):
+/// `scores = Q K^T` (`l x ls`, the columns past `l` zero) and, once the caller has turned
+/// the scores into probabilities, `ctx = P V`. Q, K and V rows are `stride` apart.
+#[cfg(target_arch = "x86_64")]
+mod head32 {
+    use std::arch::x86_64::*;
+
+    /// Head width.
+    pub(super) const HD: usize = 32;
+
+    /// `kt` (`HD x ls`) = K transposed, zero past `l`; then `scores = Q K^T`.
+    ///
+    /// # Safety
+    /// AVX-512 F; `q`, `k` reach `l` rows of `HD` values `stride` apart; `kt` holds
+    /// `HD * ls` values; `scores` has `l` rows of `ls` (a multiple of 16) writable values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scores(
+        q: *const f32,
+        k: *const f32,
+        stride: usize,
+        l: usize,
+        ls: usize,
+        kt: &mut [f32],
+        scores: *mut f32,
+    ) {
+        debug_assert!(ls.is_multiple_of(16) && ls >= l && kt.len() >= HD * ls);
+        for j in 0..l {
+            let row = k.add(j * stride);
+            for d in 0..HD {
+                *kt.get_unchecked_mut(d * ls + j) = *row.add(d);
+            }
+        }
+        for d in 0..HD {
+            kt[d * ls + l..(d + 1) * ls].fill(0.0);
+        }
+        let kt = kt.as_ptr();
+        let chunks = ls / 16;
+        let mut i = 0;
+        while i < l {
+            let rows = (l - i).min(4);
+            let mut c = 0;
+            while c < chunks {
+                let cols = (chunks - c).min(5);
+                let (qi, out, kc) = (
+                    q.add(i * stride),
+                    scores.add(i * ls + 16 * c),
+                    kt.add(16 * c),
+                );
+                match (rows, cols) {
+                    (4, 5) => score_block::<4, 5>(qi, stride, kc, ls, out),
+                    (4, 4) => score_block::<4, 4>(qi, stride, kc, ls, out),
+                    (4, 3) => score_block::<4, 3>(qi, stride, kc, ls, out),
+                    (4, 2) => score_block::<4, 2>(qi, stride, kc, ls, out),
+                    (4, _) => score_block::<4, 1>(qi, stride, kc, ls, out),
+                    (3, 5) => score_block::<3, 5>(qi, stride, kc, ls, out),
+                    (3, 4) => score_block::<3, 4>(qi, stride, kc, ls, out),
+                    (3, 3) => score_block::<3, 3>(qi, stride, kc, ls, out),
+                    (3, 2) => score_block::<3, 2>(qi, stride, kc, ls, out),
+                    (3, _) => score_block::<3, 1>(qi, stride, kc, ls, out),
+                    (2, 5) => score_block::<2, 5>(qi, stride, kc, ls, out),
+                    (2, 4) => score_block::<2, 4>(qi, stride, kc, ls, out),
+                    (2, 3) => score_block::<2, 3>(qi, stride, kc, ls, out),
+                    (2, 2) => score_block::<2, 2>(qi, stride, kc, ls, out),
+                    (2, _) => score_block::<2, 1>(qi, stride, kc, ls, out),
+                    (_, 5) => score_block::<1, 5>(qi, stride, kc, ls, out),
+                    (_, 4) => score_block::<1, 4>(qi, stride, kc, ls, out),
+                    (_, 3) => score_block::<1, 3>(qi, stride, kc, ls, out),
+                    (_, 2) => score_block::<1, 2>(qi, stride, kc, ls, out),
+                    (_, _) => score_block::<1, 1>(qi, stride, kc, ls, out),
+                }
+                c += cols;
+            }
+            i += rows;
+        }
+    }
+
+    /// `R` score rows x `C` chunks of 16 columns: a sum over the head width in order.
+    #[inline(always)]
+    unsafe fn score_block<const R: usize, const C: usize>(
+        q: *const f32,
+        stride: usize,
+        kt: *const f32,
+        ls: usize,
+        out: *mut f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for d in 0..HD {
+            let mut kv = [_mm512_setzero_ps(); C];
+            for (c, v) in kv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(kt.add(d * ls + 16 * c));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let qv = _mm512_set1_ps(*q.add(r * stride + d));
+                for c in 0..C {
+                    a[c] = _mm512_fmadd_ps(qv, kv[c], a[c]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (c, v) in a.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * ls + 16 * c), *v);
+            }
+        }
+    }
+
+    /// `ctx = P V`: `l` rows of `HD` values at `dst`, `dst_rs` apart, from the probabilities
+    /// (`l` rows, `ls` apart; the first `l` columns used) and V's `l` rows `stride` apart.
+    ///
+    /// # Safety
+    /// AVX-512 F; every pointer reaches the rows and columns named.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn context(
+        p: *const f32,
+        ls: usize,
+        v: *const f32,
+        stride: usize,
+        l: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+    ) {
+        let mut i = 0;
+        while i < l {
+            let rows = (l - i).min(8);
+            let (pi, out) = (p.add(i * ls), dst.add(i * dst_rs));
+            match rows {
+                8 => context_block::<8>(pi, ls, v, stride, l, out, dst_rs),
+                7 => context_block::<7>(pi, ls, v, stride, l, out, dst_rs),
+                6 => context_block::<6>(pi, ls, v, stride, l, out, dst_rs),
+                5 => context_block::<5>(pi, ls, v, stride, l, out, dst_rs),
+                4 => context_block::<4>(pi, ls, v, stride, l, out, dst_rs),
+                3 => context_block::<3>(pi, ls, v, stride, l, out, dst_rs),
+                2 => context_block::<2>(pi, ls, v, stride, l, out, dst_rs),
+                _ => context_block::<1>(pi, ls, v, stride, l, out, dst_rs),
+            }
+            i += rows;
+        }
+    }
+
+    /// `R` context rows: a sum over the keys in order.
+    #[inline(always)]
+    unsafe fn context_block<const R: usize>(
+        p: *const f32,
+        ls: usize,
+        v: *const f32,
+        stride: usize,
+        l: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for j in 0..l {
+            let v0 = _mm512_loadu_ps(v.add(j * stride));
+            let v1 = _mm512_loadu_ps(v.add(j * stride + 16));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let pv = _mm512_set1_ps(*p.add(r * ls + j));
+                a[0] = _mm512_fmadd_ps(pv, v0, a[0]);
+                a[1] = _mm512_fmadd_ps(pv, v1, a[1]);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(dst.add(r * dst_rs), a[0]);
+            _mm512_storeu_ps(dst.add(r * dst_rs + 16), a[1]);
+        }
+    }
 }
 
 /// candle's threads for a `gemm` of `macs` multiply-adds when there are enough of them to
@@ -2016,9 +2220,17 @@ mod tests {
     #[test]
     fn fused_attention_matches_the_composite_path() {
         let dev = candle_core::Device::Cpu;
-        // Head widths 8, 16 and 32, lengths off the 16-lane softmax chunks, padded keys and
+        // Head widths 8, 16 and 32 (32 takes the hand-written products on AVX-512, in blocks
+        // of 4 score rows x 5 column chunks and 8 context rows: 100 tokens leave partial
+        // blocks of each), lengths off the 16-lane softmax chunks, padded keys and
         // switched-off, halved and full heads.
-        for (l, nh, hd) in [(6, 4, 8), (7, 4, 32), (19, 4, 16), (33, 4, 32)] {
+        for (l, nh, hd) in [
+            (6, 4, 8),
+            (7, 4, 32),
+            (19, 4, 16),
+            (33, 4, 32),
+            (100, 4, 32),
+        ] {
             let b = 3;
             let h = nh * hd;
             let qkv = Tensor::randn(0f32, 1.0, (b, l, 3 * h), &dev).unwrap();
