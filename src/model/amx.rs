@@ -15,7 +15,8 @@
 //! block of 16, K block of 32) in the "VNNI" order `TDPBF16PS` reads: row `p` of a tile holds,
 //! for each of its 16 columns `j`, the pair `W[2p][j], W[2p+1][j]`. The input is converted
 //! into tiles too (`Np` rows padded to 32; per 16 rows, K block and plane one contiguous
-//! 1 KiB tile), in a buffer reused from call to call. Every buffer starts on a cache line:
+//! 1 KiB tile), one row block of 32 at a time by the task that multiplies it, into a
+//! per-thread buffer that stays in cache. Every buffer starts on a cache line:
 //! misaligned tile loads measured three times slower. One task computes a 32-row x 32-column
 //! block of the output in four accumulator tiles (2 x 2) that start from the bias, loading
 //! two input tiles and two weight tiles per 32 K-values and product (ten loads for the three
@@ -368,13 +369,10 @@ impl PackedBf16 {
             return;
         }
         let np = round_up(n, BLOCK);
-        SCRATCH.with_borrow_mut(|a| {
-            to_bf16_rows(x, n, self.k, self.kp, np, self.planes.count(), a);
-            self.multiply(a.as_slice(), n, np, with_bias, out);
-        });
+        self.multiply(Input::rows(x), n, np, with_bias, out);
     }
 
-    fn multiply(&self, a: &[u16], n: usize, np: usize, with_bias: bool, out: &mut [f32]) {
+    fn multiply(&self, a: Input, n: usize, np: usize, with_bias: bool, out: &mut [f32]) {
         assert_eq!(out.len(), n * self.m);
         self.multiply_with(
             a,
@@ -449,7 +447,7 @@ impl PackedBf16 {
                 // (the flag's release/acquire), and the two never touch it at once.
                 unsafe {
                     self.block(
-                        a,
+                        &a[rb * self.row_block_len()..],
                         (rb, cb),
                         n,
                         start,
@@ -475,7 +473,12 @@ impl PackedBf16 {
     }
 
     /// [`PackedBf16::multiply`] with the blocks handed to `epilogue`.
-    fn multiply_with(&self, a: &[u16], n: usize, np: usize, with_bias: bool, epilogue: Epilogue) {
+    /// Tiles per row block of 32 (two groups of 16 rows) of this layer's input.
+    fn row_block_len(&self) -> usize {
+        2 * (self.kp / KSTEP) * self.planes.count() * TILE_ELEMS
+    }
+
+    fn multiply_with(&self, a: Input, n: usize, np: usize, with_bias: bool, epilogue: Epilogue) {
         let row_blocks = np / BLOCK;
         let col_blocks = self.mp / BLOCK;
         // Columns are split into one group per thread and each group runs through all rows:
@@ -512,26 +515,59 @@ impl PackedBf16 {
             let first = group * per_group + part * run;
             let end = ((group + 1) * per_group).min(first + run).min(col_blocks);
             let cbs = first..end.max(first);
-            // SAFETY: AMX is available (asserted by the callers); every task writes its own
-            // blocks of the output (rows rb*32.., columns cb*32.. for its cbs), inside its
-            // bounds.
-            unsafe {
-                match epilogue {
-                    Epilogue::Store(_) | Epilogue::Local(_) => {
-                        for cb in cbs {
-                            self.block(
-                                a,
-                                (rb, cb),
-                                n,
-                                Start::bias(with_bias),
-                                epilogue,
-                                None,
-                                0..self.kp / KSTEP,
-                            );
+            let run = |a: &[u16]| {
+                // SAFETY: AMX is available (asserted by the callers); `a` is row block rb's
+                // tiles; every task writes its own blocks of the output (rows rb*32..,
+                // columns cb*32.. for its cbs), inside its bounds.
+                unsafe {
+                    match epilogue {
+                        Epilogue::Store(_) | Epilogue::Local(_) => {
+                            for cb in cbs {
+                                self.block(
+                                    a,
+                                    (rb, cb),
+                                    n,
+                                    Start::bias(with_bias),
+                                    epilogue,
+                                    None,
+                                    0..self.kp / KSTEP,
+                                );
+                            }
+                        }
+                        Epilogue::GeluTiles { .. } => {
+                            self.run_gelu(a, rb, cbs, n, with_bias, epilogue)
                         }
                     }
-                    Epilogue::GeluTiles { .. } => self.run_gelu(a, rb, cbs, n, with_bias, epilogue),
                 }
+            };
+            match a {
+                Input::Tiles(a) => run(&a[rb * self.row_block_len()..]),
+                Input::Rows { x, call } => ROW_TILES.with_borrow_mut(|(buf, converted)| {
+                    // This thread's tiles of row block rb, converted here unless its previous
+                    // task in this multiply converted the same row block.
+                    if *converted != Some((call, rb)) {
+                        let len = self.row_block_len();
+                        buf.resize(len);
+                        let k = self.k;
+                        let rows =
+                            &x[(rb * BLOCK * k).min(x.len())..((rb + 1) * BLOCK * k).min(x.len())];
+                        let (g0, g1) = buf.as_mut_slice().split_at_mut(len / 2);
+                        convert_group(
+                            &rows[..(16 * k).min(rows.len())],
+                            g0,
+                            k,
+                            self.planes.count(),
+                        );
+                        convert_group(
+                            &rows[(16 * k).min(rows.len())..],
+                            g1,
+                            k,
+                            self.planes.count(),
+                        );
+                        *converted = Some((call, rb));
+                    }
+                    run(buf.as_slice())
+                }),
             }
         };
         let items = groups * row_blocks * parts;
@@ -615,8 +651,8 @@ impl PackedBf16 {
     /// K blocks `kbs` (all of them but in a split product), then handed to `epilogue`.
     ///
     /// # Safety
-    /// AMX must be [`available`]; `a` holds the input tiles with `rb` in range; the
-    /// epilogue's output (and a [`Start::Output`]) is sized for `n x m` (or the next layer's
+    /// AMX must be [`available`]; `a` holds row block `rb`'s input tiles (its two groups of
+    /// 16 rows, from the first); the epilogue's output (and a [`Start::Output`]) is sized for `n x m` (or the next layer's
     /// tiles) and no other task touches this block meanwhile.
     #[allow(clippy::too_many_arguments)]
     unsafe fn block(
@@ -632,9 +668,10 @@ impl PackedBf16 {
         configure_tiles();
         let k_blocks = self.kp / KSTEP;
         let planes = self.planes.count();
+        // `a` starts at this row block's first group of 16 rows.
         let a_tile = |group: usize, kb: usize, plane: usize| {
             a.as_ptr()
-                .add(((group * k_blocks + kb) * planes + plane) * TILE_ELEMS)
+                .add((((group - 2 * rb) * k_blocks + kb) * planes + plane) * TILE_ELEMS)
         };
         let w_plane = self.tiles.len / planes;
         let w_tile = |plane: usize, col_block: usize, kb: usize| {
@@ -818,7 +855,7 @@ enum Epilogue {
     /// Into the `n x m` f32 output.
     Store(OutPtr),
     /// Through the exact-form GELU into the input tiles of the next layer (see
-    /// [`to_bf16_rows`]: `k_blocks` K blocks of 32 per group of 16 rows, `planes` terms):
+    /// [`convert_group`]: `k_blocks` K blocks of 32 per group of 16 rows, `planes` terms):
     /// block column `cb` is that layer's K block `cb`, so the activation never exists as an
     /// f32 tensor.
     GeluTiles {
@@ -974,73 +1011,72 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-thread_local! {
-    /// The calling thread's bf16 copy of the input, reused from call to call (no allocation
-    /// or page faults per multiply).
-    static SCRATCH: std::cell::RefCell<AlignedBuf<u16>> =
-        const { std::cell::RefCell::new(AlignedBuf::new()) };
+/// A product's input: f32 rows, converted into tiles one row block at a time by the task
+/// that multiplies it, or tiles already converted (a GELU epilogue's output).
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// `n x k` f32 rows; `call` tells this multiply's row blocks from an earlier one's.
+    Rows { x: &'a [f32], call: u64 },
+    /// Every row block's tiles, in order (see [`convert_group`]).
+    Tiles(&'a [u16]),
 }
 
-/// `n x k` f32 rows into `a` in the kernel's input layout, zero-padded to `np` rows and `kp`
-/// columns: per group of 16 rows, per K block of 32, per plane, one contiguous tile of 16 rows
-/// x 32 bf16 (1 KiB), so each tile load reads 16 consecutive cache lines. Every element of
-/// `a` is written.
-fn to_bf16_rows(
-    x: &[f32],
-    n: usize,
-    k: usize,
-    kp: usize,
-    np: usize,
-    planes: usize,
-    a: &mut AlignedBuf<u16>,
-) {
-    let group = (kp / KSTEP) * planes * TILE_ELEMS; // u16 per 16-row group
-    a.resize((np / 16) * group);
-    let a = a.as_mut_slice();
-    let convert = |(dst, src): (&mut [u16], &[f32])| convert_group(src, dst, k, planes);
-    if n * k * planes >= 1 << 16 {
-        a.par_chunks_mut(group)
-            .zip(x.par_chunks(16 * k))
-            .for_each(convert);
-    } else {
-        a.chunks_mut(group).zip(x.chunks(16 * k)).for_each(convert);
+impl<'a> Input<'a> {
+    fn rows(x: &'a [f32]) -> Self {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Input::Rows {
+            x,
+            call: CALLS.fetch_add(1, Ordering::Relaxed),
+        }
     }
-    // Groups past the last input row (np is a multiple of 32): all padding.
-    let used = n.div_ceil(16) * group;
-    a[used..].fill(0);
+}
+
+/// A row block's tiles and the (multiply, row block) they were converted for.
+type RowTiles = (AlignedBuf<u16>, Option<(u64, usize)>);
+
+thread_local! {
+    /// This thread's tiles of the row block it multiplies (converted from f32 rows), and
+    /// which (multiply, row block) they hold. Converting per row block instead of the whole
+    /// input up front keeps the tiles in this core's cache: the up-front copy, as large as
+    /// the f32 input, was written to memory and read back by the products (4.6% of a SHAP
+    /// request's time). With one column group per thread each thread converts every row
+    /// block once: twice the conversion work, none of the memory traffic.
+    static ROW_TILES: std::cell::RefCell<RowTiles> =
+        const { std::cell::RefCell::new((AlignedBuf::new(), None)) };
 }
 
 multiversion_amx! {
-    /// Up to 16 input rows (`src`, `k` values each) into their tiles (see [`to_bf16_rows`]);
-    /// missing rows and columns are zero.
+    /// Up to 16 input rows (`src`, `k` values each) into one group's tiles: per K block of 32,
+    /// per plane, one tile of 16 rows x 32 bf16 (1 KiB), so each tile load reads 16
+    /// consecutive cache lines. Missing rows and the padding columns are zero.
     fn convert_group(src: &[f32], dst: &mut [u16], k: usize, planes: usize) {
         let rows = src.len() / k;
         let k_blocks = dst.len() / (planes * TILE_ELEMS);
         for r in 0..16 {
             for kb in 0..k_blocks {
-                let mut vals = [0f32; KSTEP];
-                if r < rows {
-                    let start = kb * KSTEP;
-                    let len = KSTEP.min(k - start);
-                    if len == KSTEP {
-                        // A whole block: a fixed-size copy (two vector loads), not a call to
-                        // memcpy for 128 bytes.
-                        vals = src[r * k + start..][..KSTEP].try_into().expect("32 values");
-                    } else {
-                        vals[..len].copy_from_slice(&src[r * k + start..r * k + start + len]);
+                let at = |plane: usize| ((kb * planes + plane.min(planes - 1)) * 16 + r) * KSTEP;
+                let start = kb * KSTEP;
+                if r >= rows || start >= k {
+                    for plane in 0..planes {
+                        dst[at(plane)..at(plane) + KSTEP].fill(0);
                     }
+                    continue;
                 }
-                let at = |plane: usize| ((kb * planes + plane) * 16 + r) * KSTEP;
                 let base = dst.as_mut_ptr();
-                // SAFETY: `v4` runs with AVX-512 BF16 (see `multiversion_amx`); each plane's
-                // 32 values lie inside `dst` (`at(plane) + 32 <= dst.len()`).
-                unsafe {
-                    split32(
-                        &vals,
-                        planes,
-                        [base.add(at(0)), base.add(at(1.min(planes - 1))), base.add(at(2.min(planes - 1)))],
-                    )
-                };
+                let out = [base.wrapping_add(at(0)), base.wrapping_add(at(1)), base.wrapping_add(at(2))];
+                assert!(at(planes - 1) + KSTEP <= dst.len());
+                if start + KSTEP <= k {
+                    // A whole block: split straight from the input, no copy.
+                    let vals: &[f32; KSTEP] = src[r * k + start..][..KSTEP].try_into().expect("32 values");
+                    // SAFETY: `v4` runs with AVX-512 BF16 (see `multiversion_amx`); each
+                    // plane's 32 values lie inside `dst` (asserted above).
+                    unsafe { split32(vals, planes, out) };
+                } else {
+                    let mut vals = [0f32; KSTEP];
+                    vals[..k - start].copy_from_slice(&src[r * k + start..(r + 1) * k]);
+                    // SAFETY: as above.
+                    unsafe { split32(&vals, planes, out) };
+                }
             }
         }
     }
@@ -1095,28 +1131,25 @@ impl CustomOp1 for FeedForward<'_> {
             let np = round_up(n, BLOCK);
             let planes = inner.planes.count();
             let k_blocks = inner.mp / KSTEP; // = outer.kp / KSTEP
-            SCRATCH.with_borrow_mut(|a| {
-                to_bf16_rows(x, n, inner.k, inner.kp, np, planes, a);
-                SCRATCH_MID.with_borrow_mut(|mid| {
-                    mid.resize((np / 16) * k_blocks * planes * TILE_ELEMS);
-                    let dst = TilePtr(mid.as_mut_slice().as_mut_ptr());
-                    inner.multiply_with(
-                        a.as_slice(),
-                        n,
-                        np,
-                        true,
-                        Epilogue::GeluTiles {
-                            dst,
-                            k_blocks,
-                            planes,
-                        },
-                    );
-                    if outer.splits_k(np / BLOCK) {
-                        outer.multiply_split_k(mid.as_slice(), n, np, &mut out);
-                    } else {
-                        outer.multiply(mid.as_slice(), n, np, true, &mut out);
-                    }
-                });
+            SCRATCH_MID.with_borrow_mut(|mid| {
+                mid.resize((np / 16) * k_blocks * planes * TILE_ELEMS);
+                let dst = TilePtr(mid.as_mut_slice().as_mut_ptr());
+                inner.multiply_with(
+                    Input::rows(x),
+                    n,
+                    np,
+                    true,
+                    Epilogue::GeluTiles {
+                        dst,
+                        k_blocks,
+                        planes,
+                    },
+                );
+                if outer.splits_k(np / BLOCK) {
+                    outer.multiply_split_k(mid.as_slice(), n, np, &mut out);
+                } else {
+                    outer.multiply(Input::Tiles(mid.as_slice()), n, np, true, &mut out);
+                }
             });
         }
         let mut out_dims = dims.to_vec();
