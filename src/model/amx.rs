@@ -472,12 +472,12 @@ impl PackedBf16 {
         );
     }
 
-    /// [`PackedBf16::multiply`] with the blocks handed to `epilogue`.
     /// Tiles per row block of 32 (two groups of 16 rows) of this layer's input.
     fn row_block_len(&self) -> usize {
         2 * (self.kp / KSTEP) * self.planes.count() * TILE_ELEMS
     }
 
+    /// [`PackedBf16::multiply`] with the blocks handed to `epilogue`.
     fn multiply_with(&self, a: Input, n: usize, np: usize, with_bias: bool, epilogue: Epilogue) {
         let row_blocks = np / BLOCK;
         let col_blocks = self.mp / BLOCK;
@@ -548,22 +548,12 @@ impl PackedBf16 {
                     if *converted != Some((call, rb)) {
                         let len = self.row_block_len();
                         buf.resize(len);
-                        let k = self.k;
-                        let rows =
-                            &x[(rb * BLOCK * k).min(x.len())..((rb + 1) * BLOCK * k).min(x.len())];
-                        let (g0, g1) = buf.as_mut_slice().split_at_mut(len / 2);
-                        convert_group(
-                            &rows[..(16 * k).min(rows.len())],
-                            g0,
-                            k,
-                            self.planes.count(),
-                        );
-                        convert_group(
-                            &rows[(16 * k).min(rows.len())..],
-                            g1,
-                            k,
-                            self.planes.count(),
-                        );
+                        let (k, group_rows) = (self.k, 16 * self.k);
+                        for (g, dst) in buf.as_mut_slice().chunks_exact_mut(len / 2).enumerate() {
+                            let first = ((2 * rb + g) * group_rows).min(x.len());
+                            let end = (first + group_rows).min(x.len());
+                            convert_group(&x[first..end], dst, k, self.planes.count());
+                        }
                         *converted = Some((call, rb));
                     }
                     run(buf.as_slice())
@@ -668,10 +658,10 @@ impl PackedBf16 {
         configure_tiles();
         let k_blocks = self.kp / KSTEP;
         let planes = self.planes.count();
-        // `a` starts at this row block's first group of 16 rows.
+        // `a` starts at this row block's first group of 16 rows; `group` is 0 or 1.
         let a_tile = |group: usize, kb: usize, plane: usize| {
             a.as_ptr()
-                .add((((group - 2 * rb) * k_blocks + kb) * planes + plane) * TILE_ELEMS)
+                .add(((group * k_blocks + kb) * planes + plane) * TILE_ELEMS)
         };
         let w_plane = self.tiles.len / planes;
         let w_tile = |plane: usize, col_block: usize, kb: usize| {
@@ -766,10 +756,10 @@ impl PackedBf16 {
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     "tilestored [{sink} + {s}*1], tmm4",
                     sink = in(reg) sink,
-                    a0h = in(reg) a_tile(2 * rb, kb, 0),
-                    a1h = in(reg) a_tile(2 * rb + 1, kb, 0),
-                    a0l = in(reg) a_tile(2 * rb, kb, 1),
-                    a1l = in(reg) a_tile(2 * rb + 1, kb, 1),
+                    a0h = in(reg) a_tile(0, kb, 0),
+                    a1h = in(reg) a_tile(1, kb, 0),
+                    a0l = in(reg) a_tile(0, kb, 1),
+                    a1l = in(reg) a_tile(1, kb, 1),
                     w0h = in(reg) w_tile(0, c0, kb),
                     w1h = in(reg) w_tile(0, c0 + 1, kb),
                     w0l = in(reg) w_tile(1, c0, kb),
@@ -791,8 +781,8 @@ impl PackedBf16 {
                         "tileloadd tmm5, [{a1} + {s}*1]",
                         "tdpbf16ps tmm2, tmm5, tmm6",
                         "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a_tile(2 * rb, kb, pa),
-                        a1 = in(reg) a_tile(2 * rb + 1, kb, pa),
+                        a0 = in(reg) a_tile(0, kb, pa),
+                        a1 = in(reg) a_tile(1, kb, pa),
                         w0 = in(reg) w_tile(pw, c0, kb),
                         w1 = in(reg) w_tile(pw, c0 + 1, kb),
                         s = in(reg) 64usize,
